@@ -1,0 +1,5 @@
+import sys
+
+from ingestion_local.ingestion import main
+
+sys.exit(main())

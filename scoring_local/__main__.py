@@ -1,0 +1,5 @@
+import sys
+
+from scoring_local.score import main
+
+sys.exit(main())
