@@ -1,5 +1,3 @@
-import sys
+from ingestion_local.ingestion import run_and_exit
 
-from ingestion_local.ingestion import main
-
-sys.exit(main())
+run_and_exit()

@@ -224,6 +224,10 @@ class IngestionRun:
     def _watchdog(self) -> None:
         while self.remaining() > 0:
             time.sleep(min(1.0, max(0.01, self.remaining())))
+            if self._finished:
+                return
+        if self._finished:
+            return
         logger.error("time budget of %.0f s exceeded during a train/test call: stopping the "
                      "model; the predictions made so far count", self.time_budget)
         self._finish(False)
@@ -293,3 +297,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", err)
         return 2
     return 0 if success else 1
+
+
+def run_and_exit(argv: Sequence[str] | None = None) -> None:
+    """main(), then exit at once: a model's leftover threads (tf.data prefetching, thread
+    pools) can keep the interpreter alive after end.txt, until the scorer kills it at T."""
+    code = main(argv)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

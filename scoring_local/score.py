@@ -161,7 +161,8 @@ class Evaluator:
             time.sleep(poll_seconds)
             self.score_new_predictions()
         else:
-            if stop_ingestion(info):
+            finished = self.end_file.exists()
+            if stop_ingestion(info) and not finished:
                 logger.error("time budget exceeded: ingestion (pid %d) was stopped",
                              info.ingestion_pid)
         self.score_new_predictions()

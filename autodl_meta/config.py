@@ -1,0 +1,95 @@
+"""The training configuration: one schema for the offline search and the runtime.
+
+A config is a flat mapping of the fields of `TrainConfig`. Files in `metadata/` hold such
+mappings; `TrainConfig.from_dict` validates them and names the file and field at fault.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+OPTIMIZERS = ("adam", "sgd")
+AUGMENTATIONS = ("none", "mixup", "cutmix")
+BATCH_SIZES = (16, 32, 64, 128)
+
+
+class ConfigError(ValueError):
+    """A configuration file or mapping is invalid; the message names the source and field."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything the trainer needs to know about how to fine-tune on one dataset."""
+
+    backbone: str = "efficientnet-lite0"
+    resolution: int = 64          # images are resized to resolution x resolution
+    batch_size: int = 32
+    optimizer: str = "sgd"        # sgd: Nesterov momentum 0.9, weight decay 1e-6
+    learning_rate: float = 0.01
+    dropout: float = 0.2
+    augmentation: str = "none"
+    augmentation_alpha: float = 0.2
+    train_frames: int = 1         # video: frames sampled per clip for one training step
+    test_frames: int = 4          # video: frames averaged per clip at test time
+    flip_tta: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, source: str = "config") -> None:
+        checks = [
+            ("resolution", 16 <= self.resolution <= 512),
+            ("batch_size", self.batch_size in BATCH_SIZES),
+            ("optimizer", self.optimizer in OPTIMIZERS),
+            ("learning_rate", 1e-6 <= self.learning_rate <= 1.0),
+            ("dropout", 0.0 <= self.dropout < 1.0),
+            ("augmentation", self.augmentation in AUGMENTATIONS),
+            ("augmentation_alpha", 0.0 < self.augmentation_alpha <= 10.0),
+            ("train_frames", self.train_frames >= 1),
+            ("test_frames", self.test_frames >= 1),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise ConfigError(f"{source}: field '{name}' has invalid value "
+                                  f"{getattr(self, name)!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown field(s) {sorted(unknown)}")
+        converted = {}
+        for name, value in values.items():
+            expected = type(getattr(cls(), name))
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise ConfigError(f"{source}: field '{name}' must be {expected.__name__}, got "
+                                  f"{value!r}")
+            converted[name] = value
+        try:
+            return cls(**converted)
+        except ConfigError as err:
+            raise ConfigError(str(err).replace("config:", f"{source}:", 1)) from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: not valid JSON: {err}") from err
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a JSON object")
+        return cls.from_dict(values, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# The generalist configuration, used when meta-learning is off or the selector is unsure:
+# EfficientNet-Lite0 at 64 px, SGD with a moderate learning rate, no augmentation.
+GENERALIST = TrainConfig()

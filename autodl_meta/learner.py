@@ -1,0 +1,164 @@
+"""The AutoDL model API over the runtime stages: decode, head on frozen features, fine-tune.
+
+`Learner(metadata)` is what model.py exposes as `Model`. The first `train()` decodes a first
+piece of the training set and fits a linear head on frozen pretrained features, so the first
+`test()` returns a real prediction within seconds; later calls fine-tune the whole network for
+time slices chosen by the TimePolicy. No exception escapes `train`/`test`: a failure is logged
+and the last good prediction is returned.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+
+from autodl_meta.backbones import available_backbones
+from autodl_meta.config import GENERALIST, TrainConfig
+from autodl_meta.data import DatasetReader
+from autodl_meta.policy import TimePolicy
+from autodl_meta.trainer import Trainer, pick_device
+from autodl_meta.validation import complement, nauc, split_validation
+
+logger = logging.getLogger("autodl_meta")
+
+FIRST_READ_COUNT = 512
+FIRST_READ_SECONDS = 4.0
+DEFAULT_TIME_BUDGET = 1200.0
+
+
+class Learner:
+    """One dataset's run: the state kept between the platform's train/test calls."""
+
+    def __init__(self, metadata) -> None:
+        self.done_training = False
+        self.output_dim = metadata.get_output_size()
+        self.in_channels = metadata.get_num_channels()
+        self.is_video = metadata.get_sequence_size() != 1
+        self.device = pick_device()
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
+        self.config = self._choose_config(GENERALIST)
+        self.frames = self.config.test_frames if self.is_video else 1
+        self.trainer = Trainer(self.config, self.output_dim, self.in_channels, multilabel=False,
+                               device=self.device)
+        self.policy: TimePolicy | None = None
+        self.train_reader: DatasetReader | None = None
+        self.test_reader: DatasetReader | None = None
+        self.validation = torch.empty(0, dtype=torch.long)
+        self.best_validation = -np.inf
+        # Which model the next test() should use: "head" (frozen features), "network"
+        # (fine-tuned), or None to keep returning the last prediction.
+        self.predict_with: str | None = "head"
+        self.test_seconds = 0.0
+        self.last_prediction: np.ndarray | None = None
+        logger.info("backbone %s on %s, %d classes, %s", self.config.backbone, self.device,
+                    self.output_dim, "video" if self.is_video else "images")
+
+    @staticmethod
+    def _choose_config(config: TrainConfig) -> TrainConfig:
+        available = available_backbones()
+        if not available:
+            raise RuntimeError("no pretrained backbone in pretrained/ (run `make pretrained`)")
+        if config.backbone not in available:
+            logger.warning("weights of %s missing: using %s", config.backbone, available[0])
+            config = TrainConfig.from_dict({**config.to_dict(), "backbone": available[0]})
+        return config
+
+    # -- the platform's API -------------------------------------------------------------------
+    def train(self, dataset, remaining_time_budget: float | None = None) -> None:
+        try:
+            if self.policy is None:
+                self.policy = TimePolicy(remaining_time_budget or DEFAULT_TIME_BUDGET)
+            if self.train_reader is None:
+                self._first_train(dataset)
+            else:
+                self._fine_tune()
+        except Exception:  # noqa: BLE001 - never crash out of train(); see the module doc
+            logger.exception("train() failed; the last good prediction stays in use")
+
+    def test(self, dataset, remaining_time_budget: float | None = None) -> np.ndarray:
+        began = time.monotonic()
+        try:
+            prediction = self._predict(dataset)
+            if prediction.shape[1] != self.output_dim or not np.isfinite(prediction).all():
+                raise ValueError(f"bad prediction of shape {prediction.shape}")
+            self.last_prediction = prediction
+        except Exception:  # noqa: BLE001 - never crash out of test(); see the module doc
+            logger.exception("test() failed; returning the last good prediction")
+        # The slowest test so far (a full network pass with TTA) sizes the time kept free.
+        self.test_seconds = max(self.test_seconds, time.monotonic() - began)
+        if self.policy is not None and not self.policy.can_afford(self.test_seconds):
+            self.done_training = True
+        if self.last_prediction is None:
+            self.last_prediction = np.zeros((self._count(dataset), self.output_dim))
+        return self.last_prediction
+
+    # -- stages -------------------------------------------------------------------------------
+    def _first_train(self, dataset) -> None:
+        self.train_reader = DatasetReader(dataset, self.config.resolution, self.frames)
+        self.train_reader.read(FIRST_READ_COUNT, seconds=FIRST_READ_SECONDS)
+        labels = self.train_reader.labels
+        self.trainer.multilabel = bool((labels.sum(1) > 1).any())
+        if self.trainer.multilabel:
+            self.trainer.loss_fn = torch.nn.BCEWithLogitsLoss()
+        self.validation = split_validation(len(labels))
+        train = complement(self.validation, len(labels))
+        features = self.trainer.features(self.train_reader.images, frame=None)
+        self.trainer.fit_head(features[train], labels[train])
+        if len(self.validation):
+            self.best_validation = nauc(
+                labels[self.validation].numpy(),
+                self.trainer.predict_from_features(features[self.validation]))
+        logger.info("head fitted on %d frozen examples at %.1f s (validation NAUC %.4f)",
+                    len(train), self.policy.elapsed(), self.best_validation)
+
+    def _fine_tune(self) -> None:
+        slice_seconds = self.policy.next_slice(self.test_seconds)
+        if slice_seconds < self.policy.min_slice_seconds:
+            self.done_training = True
+            return
+        if not self.train_reader.exhausted:
+            spent = time.monotonic()
+            self.train_reader.read(seconds=max(1.0, 0.3 * slice_seconds))
+            slice_seconds -= time.monotonic() - spent
+        train = complement(self.validation, self.train_reader.count)
+        images, labels = self.train_reader.images, self.train_reader.labels
+        steps = self.trainer.train_for(images[train], labels[train], max(slice_seconds, 0.5))
+        score = self._validate(images, labels)
+        logger.info("fine-tuned %d steps on %d examples (validation NAUC %.4f, best %.4f); "
+                    "%.1f s left", steps, len(train), score, self.best_validation,
+                    self.policy.remaining())
+        if score >= self.best_validation:
+            self.best_validation = score
+            self.predict_with = "network"
+
+    def _validate(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """The fine-tuned network's validation NAUC; +inf without a validation set."""
+        if not len(self.validation):
+            return np.inf
+        scores = self.trainer.predict(images[self.validation], flip=False)
+        return nauc(labels[self.validation].numpy(), scores)
+
+    def _predict(self, dataset) -> np.ndarray:
+        if self.test_reader is None:
+            self.test_reader = DatasetReader(dataset, self.config.resolution, self.frames)
+            self.test_reader.read_all()
+        use, self.predict_with = self.predict_with, None
+        if use == "network":
+            return self.trainer.predict(self.test_reader.images)
+        if use == "head" or self.last_prediction is None:
+            began = time.monotonic()
+            features = self.trainer.features(self.test_reader.images, frame=None)
+            # A network prediction costs a feature pass per TTA view; expect it from now on.
+            views = 2 if self.config.flip_tta else 1
+            self.test_seconds = max(self.test_seconds, views * (time.monotonic() - began))
+            return self.trainer.predict_from_features(features)
+        return self.last_prediction
+
+    def _count(self, dataset) -> int:
+        if self.test_reader is not None and self.test_reader.exhausted:
+            return self.test_reader.count
+        return sum(1 for _ in dataset)

@@ -1,0 +1,167 @@
+"""Training and prediction: a linear head on frozen features first, then fine-tuning.
+
+Images come as uint8 `[n, frames, channel, h, w]` (see data.py). Training samples one frame per
+clip and step; prediction averages the class scores over the frames (Eq. 2 of the paper) and,
+optionally, over a horizontal flip.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from autodl_meta.backbones import Classifier, FeatureExtractor
+from autodl_meta.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+HEAD_L2 = 1e-3
+HEAD_LBFGS_STEPS = 60
+PREDICT_BATCH = 256
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return images.to(device, non_blocking=True).float().div_(255.0)
+
+
+class Trainer:
+    """Owns the network and optimiser for one dataset."""
+
+    def __init__(self, config: TrainConfig, num_classes: int, in_channels: int,
+                 multilabel: bool, device: torch.device | None = None, seed: int = 0) -> None:
+        self.config = config
+        self.multilabel = multilabel
+        self.device = device or pick_device()
+        self.generator = torch.Generator().manual_seed(seed)
+        extractor = FeatureExtractor(config.backbone, in_channels)
+        self.model = Classifier(extractor, num_classes, config.dropout).to(self.device)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.loss_fn = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss()
+        self.use_amp = self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.steps = 0
+        self.step_seconds: float | None = None
+
+    # -- frozen features and the linear head -------------------------------------------------
+    @torch.no_grad()
+    def features(self, images: torch.Tensor, frame: int | None = 0) -> torch.Tensor:
+        """Frozen features of `images`; of one frame, or averaged over frames when None."""
+        self.model.eval()
+        outputs = []
+        for start in range(0, len(images), PREDICT_BATCH):
+            batch = images[start:start + PREDICT_BATCH]
+            clips = batch[:, frame:frame + 1] if frame is not None else batch
+            flat = to_float(clips.flatten(0, 1), self.device)
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                feats = self.model.extractor(flat).float()
+            outputs.append(feats.view(len(batch), clips.shape[1], -1).mean(1).cpu())
+        return torch.cat(outputs)
+
+    def fit_head(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Fit the linear head on frozen features (L2-regularised logistic regression)."""
+        head = self.model.head
+        features, labels = features.to(self.device), labels.to(self.device)
+        targets = labels if self.multilabel else labels.argmax(1)
+        optimizer = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=HEAD_LBFGS_STEPS,
+                                      line_search_fn="strong_wolfe")
+
+        def closure():
+            optimizer.zero_grad()
+            loss = self.loss_fn(head(features), targets) + HEAD_L2 * head.weight.square().sum()
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+
+    # -- fine-tuning --------------------------------------------------------------------------
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        params = self.model.parameters()
+        if self.config.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.config.learning_rate)
+        return torch.optim.SGD(params, lr=self.config.learning_rate, momentum=0.9, nesterov=True,
+                               weight_decay=1e-6)
+
+    def _augment(self, images: torch.Tensor, targets: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.where(torch.rand(len(images), 1, 1, 1, generator=self.generator)
+                             .to(images.device) < 0.5, images.flip(3), images)
+        if self.config.augmentation == "none":
+            return images, targets
+        lam = float(np.random.default_rng(self.steps).beta(self.config.augmentation_alpha,
+                                                           self.config.augmentation_alpha))
+        order = torch.randperm(len(images), generator=self.generator).to(images.device)
+        if self.config.augmentation == "mixup":
+            images = lam * images + (1 - lam) * images[order]
+        else:
+            height, width = images.shape[2:]
+            cut_h, cut_w = int(height * np.sqrt(1 - lam)), int(width * np.sqrt(1 - lam))
+            top = int(torch.randint(0, height - cut_h + 1, (1,), generator=self.generator))
+            left = int(torch.randint(0, width - cut_w + 1, (1,), generator=self.generator))
+            images = images.clone()
+            images[:, :, top:top + cut_h, left:left + cut_w] = \
+                images[order, :, top:top + cut_h, left:left + cut_w]
+            lam = 1 - cut_h * cut_w / (height * width)
+        return images, lam * targets + (1 - lam) * targets[order]
+
+    def train_for(self, images: torch.Tensor, labels: torch.Tensor, seconds: float) -> int:
+        """Fine-tune on (images, labels) for about `seconds`; return the steps taken."""
+        if self.optimizer is None:
+            self.optimizer = self._make_optimizer()
+        self.model.train()
+        deadline = time.monotonic() + seconds
+        batch_size = min(self.config.batch_size, len(images))
+        taken = 0
+        while taken == 0 or time.monotonic() + (self.step_seconds or 0) < deadline:
+            began = time.monotonic()
+            index = torch.randint(0, len(images), (batch_size,), generator=self.generator)
+            frame = torch.randint(0, images.shape[1], (batch_size,), generator=self.generator)
+            batch = to_float(images[index, frame], self.device)
+            targets = labels[index].to(self.device)
+            batch, targets = self._augment(batch, targets)
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                logits = self.model(batch)
+                # One-hot (or mixed) float targets suit both losses.
+                loss = self.loss_fn(logits.float(), targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            elapsed = time.monotonic() - began
+            self.step_seconds = elapsed if self.step_seconds is None else \
+                0.8 * self.step_seconds + 0.2 * elapsed
+            taken += 1
+        self.steps += taken
+        return taken
+
+    # -- prediction ---------------------------------------------------------------------------
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, flip: bool | None = None) -> np.ndarray:
+        """Class scores per clip: averaged over frames, and over a flip when `flip`."""
+        flip = self.config.flip_tta if flip is None else flip
+        self.model.eval()
+        outputs = []
+        for start in range(0, len(images), PREDICT_BATCH):
+            clips = images[start:start + PREDICT_BATCH]
+            flat = to_float(clips.flatten(0, 1), self.device)
+            views = [flat, flat.flip(3)] if flip else [flat]
+            total = 0
+            for view in views:
+                with torch.autocast(self.device.type, enabled=self.use_amp):
+                    total = total + self.scores(self.model(view).float())
+            outputs.append((total / len(views)).view(len(clips), clips.shape[1], -1).mean(1).cpu())
+        return torch.cat(outputs).numpy()
+
+    @torch.no_grad()
+    def predict_from_features(self, features: torch.Tensor) -> np.ndarray:
+        self.model.eval()
+        return self.scores(self.model.head(features.to(self.device))).cpu().numpy()
