@@ -45,3 +45,8 @@ test: pretrained
 
 clean:
 	rm -rf runs dist .pytest_cache
+
+dist/submission.zip: pretrained model.py $(wildcard autodl_meta/*.py) $(wildcard metadata/*)
+	$(PY) -m offline.package --out $@
+
+zip: dist/submission.zip

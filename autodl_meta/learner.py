@@ -8,6 +8,7 @@ and the last good prediction is returned.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -54,6 +55,7 @@ class Learner:
         self.predict_with: str | None = "head"
         self.test_seconds = 0.0
         self.last_prediction: np.ndarray | None = None
+        logger.info("config %s", json.dumps(self.config.to_dict(), sort_keys=True))
         logger.info("backbone %s on %s, %d classes, %s", self.config.backbone, self.device,
                     self.output_dim, "video" if self.is_video else "images")
 

@@ -65,8 +65,12 @@ class LocalTestResult:
 
 def run_local_test(dataset_dir: str | Path, code_dir: str | Path, time_budget: float,
                    result_dir: str | Path | None = None, extra_ingestion_args: Sequence[str] = (),
-                   start_wait: float = 600.0) -> LocalTestResult:
-    """Run both programs as separate processes and wait for them; return the outcome."""
+                   start_wait: float = 600.0, capture_logs: bool = False) -> LocalTestResult:
+    """Run both programs as separate processes and wait for them; return the outcome.
+
+    With `capture_logs`, their output goes to `ingestion.log` and `scoring.log` in the result
+    dir instead of the terminal.
+    """
     dataset_dir = Path(dataset_dir)
     solutions = sorted(dataset_dir.glob("*.solution"))
     if len(solutions) != 1:
@@ -80,14 +84,19 @@ def run_local_test(dataset_dir: str | Path, code_dir: str | Path, time_budget: f
         shutil.rmtree(folder, ignore_errors=True)
     prediction_dir.mkdir(parents=True)
 
+    logs = {name: (result_dir / f"{name}.log").open("w") if capture_logs else None
+            for name in ("ingestion", "scoring")}
+
     ingestion = subprocess.Popen(
         [sys.executable, "-m", "ingestion_local", f"--dataset_dir={dataset_dir}",
          f"--output_dir={prediction_dir}", f"--code_dir={code_dir}", f"--score_dir={score_dir}",
-         f"--time_budget={time_budget}", *extra_ingestion_args])
+         f"--time_budget={time_budget}", *extra_ingestion_args],
+        stdout=logs["ingestion"], stderr=subprocess.STDOUT if capture_logs else None)
     scoring = subprocess.Popen(
         [sys.executable, "-m", "scoring_local", f"--solution_dir={dataset_dir}",
          f"--prediction_dir={prediction_dir}", f"--score_dir={score_dir}",
-         f"--start_wait={start_wait}"])
+         f"--start_wait={start_wait}"],
+        stdout=logs["scoring"], stderr=subprocess.STDOUT if capture_logs else None)
     # An ingestion that dies before writing start.txt (bad dataset, bad code dir) would leave
     # the scorer waiting for it: stop the scorer then.
     while scoring.poll() is None:
@@ -99,6 +108,9 @@ def run_local_test(dataset_dir: str | Path, code_dir: str | Path, time_budget: f
         time.sleep(0.5)
     ingestion.wait()
     scoring.wait()
+    for log in logs.values():
+        if log is not None:
+            log.close()
     return LocalTestResult(task, prediction_dir, score_dir, ingestion.returncode,
                            scoring.returncode)
 

@@ -1,0 +1,1 @@
+"""Offline tools that produce what the submission ships: the zip, and (later) metadata/."""

@@ -1,0 +1,21 @@
+"""python -m offline <command> [options]; `python -m offline <command> --help` for each."""
+import importlib
+import sys
+
+COMMANDS = {
+    "bench": ("offline.bench", "benchmark the submission through the local harness"),
+    "package": ("offline.package", "build the submission zip (make zip)"),
+}
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        print(__doc__)
+        for name, (_, summary) in COMMANDS.items():
+            print(f"  {name:10s} {summary}")
+        return 0 if len(sys.argv) >= 2 and sys.argv[1] in ("-h", "--help") else 2
+    module, _ = COMMANDS[sys.argv[1]]
+    return importlib.import_module(module).main(sys.argv[2:])
+
+
+sys.exit(main())

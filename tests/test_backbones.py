@@ -1,0 +1,49 @@
+"""The backbone zoo: real ImageNet weights, selection by available weight files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from autodl_meta import backbones
+
+# ImageNet class ids: 281-285 are domestic cats; 967 espresso, 968 cup, 504 coffee mug.
+CAT_CLASSES = {281, 282, 283, 284, 285}
+COFFEE_CLASSES = {967, 968, 504}
+
+
+def imagenet_top5(name: str, image: np.ndarray, size: int) -> set[int]:
+    network, _ = backbones.load_pretrained(name)
+    network.eval()
+    spec = backbones.ZOO[name]
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                                        align_corners=False)
+    x = (x - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return set(network(x).topk(5).indices[0].tolist())
+
+
+@pytest.mark.parametrize("name,size", [("efficientnet-lite0", 224), ("efficientnet-lite1", 240),
+                                       ("efficientnet-lite2", 260)])
+def test_pretrained_weights_recognise_real_photos(name, size):
+    from skimage import data
+
+    if name not in backbones.available_backbones():
+        pytest.fail(f"{name} weights missing: run `make pretrained`")
+    assert imagenet_top5(name, data.chelsea(), size) & CAT_CLASSES
+    assert imagenet_top5(name, data.coffee(), size) & COFFEE_CLASSES
+
+
+def test_backbone_without_weights_is_not_available(tmp_path):
+    assert backbones.available_backbones(tmp_path) == []
+    with pytest.raises(FileNotFoundError, match="missing"):
+        backbones.load_pretrained("resnet18", tmp_path)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_feature_extractor_takes_any_channel_count(channels):
+    extractor = backbones.FeatureExtractor("efficientnet-lite0", channels).eval()
+    with torch.no_grad():
+        features = extractor(torch.rand(2, channels, 32, 32))
+    assert features.shape == (2, extractor.num_features)

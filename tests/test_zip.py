@@ -1,0 +1,47 @@
+"""The submission zip: contents, size limit, and a run of the unzipped copy on its own."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from ingestion_local.run_local_test import run_local_test
+from offline.package import ZipTooLargeError, build_zip
+
+
+@pytest.fixture(scope="module")
+def submission_zip(tmp_path_factory):
+    return build_zip(tmp_path_factory.mktemp("dist") / "submission.zip")
+
+
+def test_zip_layout(submission_zip):
+    names = set(zipfile.ZipFile(submission_zip).namelist())
+    assert "model.py" in names
+    assert {"autodl_meta/learner.py", "pretrained/MANIFEST", "pretrained/efficientnet-lite0.pth",
+            "pretrained/efficientnet-lite1.pth", "pretrained/efficientnet-lite2.pth",
+            "efficientnet_lite_pytorch/model.py", "efficientnet_lite_pytorch/LICENSE"} <= names
+    assert not any("__pycache__" in n for n in names)
+    assert submission_zip.stat().st_size < 300 * 2**20
+
+
+def test_over_the_limit_fails_naming_the_largest_parts(tmp_path):
+    with pytest.raises(ZipTooLargeError, match="efficientnet-lite2.pth"):
+        build_zip(tmp_path / "small.zip", limit_mb=1)
+    assert not list(tmp_path.iterdir()), "no zip is left behind"
+
+
+@pytest.mark.slow
+def test_unzipped_submission_runs_on_its_own(submission_zip, small_image_dataset, tmp_path):
+    unzipped = tmp_path / "submission"
+    zipfile.ZipFile(submission_zip).extractall(unzipped)
+    where = subprocess.run(
+        [sys.executable, "-c", "import model, autodl_meta, efficientnet_lite_pytorch as e;"
+                               "print(autodl_meta.__file__); print(e.__file__)"],
+        cwd=unzipped, capture_output=True, text=True, timeout=300)
+    assert where.returncode == 0, where.stderr[-2000:]
+    assert all(line.startswith(str(unzipped)) for line in where.stdout.split())
+    result = run_local_test(small_image_dataset, unzipped, 30, tmp_path / "run", start_wait=120)
+    assert result.ingestion_success
+    assert result.alc > 0.5
