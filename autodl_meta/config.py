@@ -40,7 +40,8 @@ class TrainConfig:
 
     def validate(self, source: str = "config") -> None:
         checks = [
-            ("resolution", 16 <= self.resolution <= 512),
+            # EfficientNet-Lite pads statically: sides must stay even down to stride 16.
+            ("resolution", 32 <= self.resolution <= 512 and self.resolution % 16 == 0),
             ("batch_size", self.batch_size in BATCH_SIZES),
             ("optimizer", self.optimizer in OPTIMIZERS),
             ("learning_rate", 1e-6 <= self.learning_rate <= 1.0),

@@ -20,6 +20,7 @@ from autodl_meta.backbones import available_backbones
 from autodl_meta.config import GENERALIST, TrainConfig
 from autodl_meta.data import DatasetReader
 from autodl_meta.policy import TimePolicy
+from autodl_meta.quick import PixelRidge
 from autodl_meta.trainer import Trainer, pick_device
 from autodl_meta.validation import complement, nauc, split_validation
 
@@ -28,6 +29,19 @@ logger = logging.getLogger("autodl_meta")
 FIRST_READ_COUNT = 512
 FIRST_READ_SECONDS = 4.0
 DEFAULT_TIME_BUDGET = 1200.0
+# A first prediction from frozen features must not take longer than this; past it, the pixel
+# ridge model answers first and the frozen-feature head follows at the next test().
+QUICK_FIRST_PREDICTION_SECONDS = 4.0
+
+
+def effective_resolution(metadata, cap: int) -> int:
+    """The config's resolution is a cap: small fixed-size images keep their size (rounded up to
+    a multiple of 16, at least 32), as upscaling them costs much more than it gives on a CPU."""
+    row_count, col_count = metadata.get_matrix_size()
+    if row_count <= 0 or col_count <= 0:
+        return cap
+    native = 16 * -(-max(row_count, col_count) // 16)
+    return min(cap, max(32, native))
 
 
 class Learner:
@@ -42,22 +56,27 @@ class Learner:
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, os.cpu_count() or 1))
         self.config = self._choose_config(GENERALIST)
+        self.resolution = effective_resolution(metadata, self.config.resolution)
         self.frames = self.config.test_frames if self.is_video else 1
         self.trainer = Trainer(self.config, self.output_dim, self.in_channels, multilabel=False,
                                device=self.device)
         self.policy: TimePolicy | None = None
         self.train_reader: DatasetReader | None = None
         self.test_reader: DatasetReader | None = None
+        self.quick: PixelRidge | None = None
+        self.feature_seconds_per_example = 0.0
         self.validation = torch.empty(0, dtype=torch.long)
         self.best_validation = -np.inf
         # Which model the next test() should use: "head" (frozen features), "network"
-        # (fine-tuned), or None to keep returning the last prediction.
+        # (fine-tuned), or None to keep returning the last prediction. Until the head has
+        # predicted once, train() does not fine-tune.
         self.predict_with: str | None = "head"
         self.test_seconds = 0.0
         self.last_prediction: np.ndarray | None = None
         logger.info("config %s", json.dumps(self.config.to_dict(), sort_keys=True))
-        logger.info("backbone %s on %s, %d classes, %s", self.config.backbone, self.device,
-                    self.output_dim, "video" if self.is_video else "images")
+        logger.info("backbone %s at %d px on %s, %d classes, %s", self.config.backbone,
+                    self.resolution, self.device, self.output_dim,
+                    "video" if self.is_video else "images")
 
     @staticmethod
     def _choose_config(config: TrainConfig) -> TrainConfig:
@@ -100,15 +119,20 @@ class Learner:
 
     # -- stages -------------------------------------------------------------------------------
     def _first_train(self, dataset) -> None:
-        self.train_reader = DatasetReader(dataset, self.config.resolution, self.frames)
-        self.train_reader.read(FIRST_READ_COUNT, seconds=FIRST_READ_SECONDS)
+        self.train_reader = DatasetReader(dataset, self.resolution, self.frames)
+        self.train_reader.read(max(64, FIRST_READ_COUNT // self.frames),
+                               seconds=FIRST_READ_SECONDS)
         labels = self.train_reader.labels
         self.trainer.multilabel = bool((labels.sum(1) > 1).any())
         if self.trainer.multilabel:
             self.trainer.loss_fn = torch.nn.BCEWithLogitsLoss()
         self.validation = split_validation(len(labels))
         train = complement(self.validation, len(labels))
-        features = self.trainer.features(self.train_reader.images, frame=None)
+        images = self.train_reader.images
+        self.quick = PixelRidge().fit(images[train], labels[train])
+        began = time.monotonic()
+        features = self.trainer.features(images, frame=None)
+        self.feature_seconds_per_example = (time.monotonic() - began) / len(images)
         self.trainer.fit_head(features[train], labels[train])
         if len(self.validation):
             self.best_validation = nauc(
@@ -118,6 +142,8 @@ class Learner:
                     len(train), self.policy.elapsed(), self.best_validation)
 
     def _fine_tune(self) -> None:
+        if self.predict_with == "head":
+            return  # the frozen-feature head has not predicted yet: let test() come first
         slice_seconds = self.policy.next_slice(self.test_seconds)
         if slice_seconds < self.policy.min_slice_seconds:
             self.done_training = True
@@ -146,9 +172,16 @@ class Learner:
 
     def _predict(self, dataset) -> np.ndarray:
         if self.test_reader is None:
-            self.test_reader = DatasetReader(dataset, self.config.resolution, self.frames)
+            self.test_reader = DatasetReader(dataset, self.resolution, self.frames)
             self.test_reader.read_all()
         use, self.predict_with = self.predict_with, None
+        head_seconds = self.feature_seconds_per_example * self.test_reader.count
+        if use == "head" and self.last_prediction is None \
+                and head_seconds > QUICK_FIRST_PREDICTION_SECONDS:
+            logger.info("first prediction from pixels (frozen features of the test set would "
+                        "take about %.0f s)", head_seconds)
+            self.predict_with = "head"
+            return self.quick.predict(self.test_reader.images)
         if use == "network":
             return self.trainer.predict(self.test_reader.images)
         if use == "head" or self.last_prediction is None:

@@ -20,8 +20,13 @@ class TimePolicy:
     time_budget: float
     step: float = 0.07             # distance between predictions on the transformed axis
     safety_seconds: float = 5.0    # kept free at the end of the budget
-    min_slice_seconds: float = 2.0
+    min_slice_seconds: float = 0.0  # 0: 2 % of the budget, at least 3 s
     started: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        # Shorter slices spend more on validation and data reading than on training.
+        if not self.min_slice_seconds:
+            self.min_slice_seconds = max(3.0, 0.02 * self.time_budget)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 HEAD_L2 = 1e-3
 HEAD_LBFGS_STEPS = 60
 PREDICT_BATCH = 256
+BACKBONE_LR_SCALE = 0.1
+GRADIENT_CLIP_NORM = 2.0
 
 
 def pick_device() -> torch.device:
@@ -82,11 +84,16 @@ class Trainer:
 
     # -- fine-tuning --------------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        params = self.model.parameters()
+        # The pretrained backbone moves 10x slower than the head: the head starts from a fit on
+        # frozen features, and full-rate steps through it wreck those features at once.
+        head = list(self.model.head.parameters())
+        head_ids = {id(p) for p in head}
+        backbone = [p for p in self.model.parameters() if id(p) not in head_ids]
+        lr = self.config.learning_rate
+        groups = [{"params": head, "lr": lr}, {"params": backbone, "lr": lr * BACKBONE_LR_SCALE}]
         if self.config.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.config.learning_rate)
-        return torch.optim.SGD(params, lr=self.config.learning_rate, momentum=0.9, nesterov=True,
-                               weight_decay=1e-6)
+            return torch.optim.Adam(groups, lr=lr)
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-6)
 
     def _augment(self, images: torch.Tensor, targets: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,6 +122,11 @@ class Trainer:
         if self.optimizer is None:
             self.optimizer = self._make_optimizer()
         self.model.train()
+        # BatchNorm keeps its ImageNet statistics: re-estimating them from small batches of
+        # unfamiliar images (grayscale, upscaled) wrecks the pretrained features at first.
+        for module in self.model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
         deadline = time.monotonic() + seconds
         batch_size = min(self.config.batch_size, len(images))
         taken = 0
@@ -131,6 +143,8 @@ class Trainer:
                 loss = self.loss_fn(logits.float(), targets)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), GRADIENT_CLIP_NORM)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             elapsed = time.monotonic() - began

@@ -1,0 +1,93 @@
+"""Unit tests of the runtime's small parts: config schema, time policy, quick model."""
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from autodl_meta.config import GENERALIST, ConfigError, TrainConfig
+from autodl_meta.learner import effective_resolution
+from autodl_meta.policy import TimePolicy
+from autodl_meta.quick import PixelRidge
+from autodl_meta.validation import complement, nauc, split_validation
+
+
+def test_config_round_trip_and_file_errors_name_file_and_field(tmp_path):
+    assert TrainConfig.from_dict(GENERALIST.to_dict()) == GENERALIST
+    path = tmp_path / "cifar10.json"
+    path.write_text(json.dumps({**GENERALIST.to_dict(), "batch_size": 48}))
+    with pytest.raises(ConfigError, match=r"cifar10.json: field 'batch_size'"):
+        TrainConfig.load(path)
+    path.write_text(json.dumps({"learning_rate": "fast"}))
+    with pytest.raises(ConfigError, match=r"cifar10.json: field 'learning_rate' must be float"):
+        TrainConfig.load(path)
+    path.write_text(json.dumps({"momentum": 0.5}))
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['momentum'\]"):
+        TrainConfig.load(path)
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        TrainConfig.load(path)
+    assert TrainConfig.from_dict({"learning_rate": 1}).learning_rate == 1.0
+
+
+@pytest.mark.parametrize("field,value", [("resolution", 40), ("resolution", 16),
+                                         ("optimizer", "rmsprop"), ("dropout", 1.0),
+                                         ("augmentation", "autoaugment")])
+def test_config_rejects_values_outside_the_search_space(field, value):
+    with pytest.raises(ConfigError, match=field):
+        TrainConfig.from_dict({field: value})
+
+
+def test_policy_spreads_predictions_evenly_in_log_time():
+    policy = TimePolicy(time_budget=1200, step=0.1)
+    policy.started -= 60  # pretend one minute has passed
+    slice_seconds = policy.next_slice(test_seconds=0)
+    x_now, x_next = policy.transformed(60), policy.transformed(60 + slice_seconds)
+    assert x_next - x_now == pytest.approx(0.1, abs=0.01)
+    assert policy.time_at(policy.transformed(300)) == pytest.approx(300)
+    assert policy.min_slice_seconds == pytest.approx(24)
+
+
+def test_policy_never_plans_past_the_budget():
+    policy = TimePolicy(time_budget=100)
+    policy.started -= 90
+    assert policy.next_slice(test_seconds=4) <= 100 - 90 - 4 - policy.safety_seconds
+    assert not policy.can_afford(test_seconds=4)
+
+
+def test_pixel_ridge_separates_real_digits():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(np.round(digits.images * 255 / 16).astype(np.uint8))
+    images = torch.nn.functional.interpolate(images[:, None].float(), size=32).byte()[:, None]
+    labels = torch.eye(10)[digits.target]
+    model = PixelRidge().fit(images[:1200], labels[:1200])
+    scores = model.predict(images[1200:])
+    assert nauc(labels[1200:].numpy(), scores) > 0.9
+
+
+def test_effective_resolution_keeps_small_images_small():
+    def meta(row, col):
+        return SimpleNamespace(get_matrix_size=lambda: (row, col))
+
+    assert effective_resolution(meta(28, 28), 64) == 32
+    assert effective_resolution(meta(40, 30), 64) == 48
+    assert effective_resolution(meta(500, 300), 64) == 64
+    assert effective_resolution(meta(-1, -1), 96) == 96
+
+
+def test_validation_split_and_nauc():
+    assert len(split_validation(30)) == 0
+    held = split_validation(1000)
+    assert len(held) == 100 and len(set(held.tolist())) == 100
+    rest = complement(held, 1200)
+    assert len(rest) == 1100 and not set(rest.tolist()) & set(held.tolist())
+    labels = np.eye(3)[[0, 1, 2, 0]]
+    labels[:, 2] = 0  # a class absent from the split is ignored, as the scorer does
+    assert nauc(labels, labels) == pytest.approx(1.0)
+    assert math.isclose(nauc(np.zeros((3, 2)), np.ones((3, 2))), 0.0)
