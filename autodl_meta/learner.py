@@ -1,9 +1,9 @@
 """The AutoDL model API over the runtime stages: decode, head on frozen features, fine-tune.
 
 `Learner(metadata)` is what model.py exposes as `Model`. The first `train()` decodes a first
-piece of the training set and fits a linear head on frozen pretrained features, so the first
-`test()` returns a real prediction within seconds; later calls fine-tune the whole network for
-time slices chosen by the TimePolicy. No exception escapes `train`/`test`: a failure is logged
+piece of the training set and fits a ridge model on pixels, so the first `test()` returns a real
+prediction within seconds; the second fits a linear head on frozen pretrained features; later
+calls fine-tune the whole network for time slices chosen by the TimePolicy. No exception escapes `train`/`test`: a failure is logged
 and the last good prediction is returned.
 """
 from __future__ import annotations
@@ -29,9 +29,6 @@ logger = logging.getLogger("autodl_meta")
 FIRST_READ_COUNT = 512
 FIRST_READ_SECONDS = 4.0
 DEFAULT_TIME_BUDGET = 1200.0
-# A first prediction from frozen features must not take longer than this; past it, the pixel
-# ridge model answers first and the frozen-feature head follows at the next test().
-QUICK_FIRST_PREDICTION_SECONDS = 4.0
 
 
 def effective_resolution(metadata, cap: int) -> int:
@@ -64,13 +61,12 @@ class Learner:
         self.train_reader: DatasetReader | None = None
         self.test_reader: DatasetReader | None = None
         self.quick: PixelRidge | None = None
-        self.feature_seconds_per_example = 0.0
+        self.head_fitted = False
         self.validation = torch.empty(0, dtype=torch.long)
         self.best_validation = -np.inf
-        # Which model the next test() should use: "head" (frozen features), "network"
-        # (fine-tuned), or None to keep returning the last prediction. Until the head has
-        # predicted once, train() does not fine-tune.
-        self.predict_with: str | None = "head"
+        # Which model the next test() should use: "quick" (pixels), "head" (frozen features),
+        # "network" (fine-tuned), or None to keep returning the last prediction.
+        self.predict_with: str | None = None
         self.test_seconds = 0.0
         self.last_prediction: np.ndarray | None = None
         logger.info("config %s", json.dumps(self.config.to_dict(), sort_keys=True))
@@ -95,6 +91,8 @@ class Learner:
                 self.policy = TimePolicy(remaining_time_budget or DEFAULT_TIME_BUDGET)
             if self.train_reader is None:
                 self._first_train(dataset)
+            elif not self.head_fitted:
+                self._fit_head()
             else:
                 self._fine_tune()
         except Exception:  # noqa: BLE001 - never crash out of train(); see the module doc
@@ -123,17 +121,22 @@ class Learner:
         self.train_reader.read(max(64, FIRST_READ_COUNT // self.frames),
                                seconds=FIRST_READ_SECONDS)
         labels = self.train_reader.labels
-        self.trainer.multilabel = bool((labels.sum(1) > 1).any())
-        if self.trainer.multilabel:
-            self.trainer.loss_fn = torch.nn.BCEWithLogitsLoss()
+        self.trainer.set_multilabel(bool((labels.sum(1) > 1).any()))
         self.validation = split_validation(len(labels))
         train = complement(self.validation, len(labels))
-        images = self.train_reader.images
-        self.quick = PixelRidge().fit(images[train], labels[train])
-        began = time.monotonic()
+        self.quick = PixelRidge().fit(self.train_reader.images[train], labels[train])
+        self.predict_with = "quick"
+        logger.info("pixel model fitted on %d examples at %.1f s", len(train),
+                    self.policy.elapsed())
+
+    def _fit_head(self) -> None:
+        """Linear head on frozen features of what the first train() call decoded."""
+        images, labels = self.train_reader.images, self.train_reader.labels
+        train = complement(self.validation, len(labels))
         features = self.trainer.features(images, frame=None)
-        self.feature_seconds_per_example = (time.monotonic() - began) / len(images)
         self.trainer.fit_head(features[train], labels[train])
+        self.head_fitted = True
+        self.predict_with = "head"
         if len(self.validation):
             self.best_validation = nauc(
                 labels[self.validation].numpy(),
@@ -142,8 +145,6 @@ class Learner:
                     len(train), self.policy.elapsed(), self.best_validation)
 
     def _fine_tune(self) -> None:
-        if self.predict_with == "head":
-            return  # the frozen-feature head has not predicted yet: let test() come first
         slice_seconds = self.policy.next_slice(self.test_seconds)
         if slice_seconds < self.policy.min_slice_seconds:
             self.done_training = True
@@ -175,12 +176,7 @@ class Learner:
             self.test_reader = DatasetReader(dataset, self.resolution, self.frames)
             self.test_reader.read_all()
         use, self.predict_with = self.predict_with, None
-        head_seconds = self.feature_seconds_per_example * self.test_reader.count
-        if use == "head" and self.last_prediction is None \
-                and head_seconds > QUICK_FIRST_PREDICTION_SECONDS:
-            logger.info("first prediction from pixels (frozen features of the test set would "
-                        "take about %.0f s)", head_seconds)
-            self.predict_with = "head"
+        if use == "quick":
             return self.quick.predict(self.test_reader.images)
         if use == "network":
             return self.trainer.predict(self.test_reader.images)

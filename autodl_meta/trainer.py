@@ -39,17 +39,21 @@ class Trainer:
     def __init__(self, config: TrainConfig, num_classes: int, in_channels: int,
                  multilabel: bool, device: torch.device | None = None, seed: int = 0) -> None:
         self.config = config
-        self.multilabel = multilabel
         self.device = device or pick_device()
         self.generator = torch.Generator().manual_seed(seed)
         extractor = FeatureExtractor(config.backbone, in_channels)
         self.model = Classifier(extractor, num_classes, config.dropout).to(self.device)
         self.optimizer: torch.optim.Optimizer | None = None
-        self.loss_fn = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss()
+        self.set_multilabel(multilabel)
         self.use_amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.steps = 0
         self.step_seconds: float | None = None
+
+    def set_multilabel(self, multilabel: bool) -> None:
+        """Sigmoid outputs and binary cross-entropy per class, or softmax and cross-entropy."""
+        self.multilabel = multilabel
+        self.loss_fn = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss()
 
     # -- frozen features and the linear head -------------------------------------------------
     @torch.no_grad()

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ingestion_local.dataset import DatasetFormatError, find_solution_file
+
 logger = logging.getLogger("run_local_test")
 
 PREDICTIONS_DIRNAME = "AutoDL_sample_result_submission"
@@ -72,11 +74,7 @@ def run_local_test(dataset_dir: str | Path, code_dir: str | Path, time_budget: f
     dir instead of the terminal.
     """
     dataset_dir = Path(dataset_dir)
-    solutions = sorted(dataset_dir.glob("*.solution"))
-    if len(solutions) != 1:
-        raise FileNotFoundError(f"{dataset_dir}: expected exactly one '*.solution' beside the "
-                                f"'*.data' folder, found {len(solutions)}")
-    task = solutions[0].name.split(".")[0]
+    task = find_solution_file(dataset_dir).name.split(".")[0]
     result_dir = Path(result_dir) if result_dir else Path("runs") / task
     prediction_dir = result_dir / PREDICTIONS_DIRNAME
     score_dir = result_dir / SCORES_DIRNAME
@@ -134,8 +132,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     extra = ["--charge_init_to_budget"] if args.charge_init_to_budget else []
-    result = run_local_test(args.dataset_dir, args.code_dir, args.time_budget, args.result_dir,
-                            extra)
+    try:
+        result = run_local_test(args.dataset_dir, args.code_dir, args.time_budget,
+                                args.result_dir, extra)
+    except DatasetFormatError as err:
+        logger.error("%s", err)
+        return 2
     alc = "none" if result.alc is None else f"{result.alc:.4f}"
     print(f"\n{result.task}: ALC {alc}, ingestion_success: {int(result.ingestion_success)}")
     print(f"learning curve:   {result.learning_curve}")
