@@ -1,6 +1,7 @@
 """Ingestion and scoring end to end, with the baselines and the platform's bad submissions."""
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import textwrap
@@ -79,7 +80,7 @@ def test_model_exceeding_the_budget_is_stopped(small_image_dataset, tmp_path):
     assert len(predictions(result)) == 1
     end = result.read("end.txt")
     assert budget - 0.5 <= float(end["ingestion_duration"]) <= budget + 3
-    timestamps = eval(result.read("scores.txt")["timestamps"])  # a Python list literal
+    timestamps = ast.literal_eval(result.read("scores.txt")["timestamps"])
     assert all(t <= budget for t in timestamps)
     assert elapsed < budget + 60
 
@@ -113,8 +114,8 @@ def test_constructor_is_outside_the_budget_or_inside_it_on_request(small_image_d
     model = write_model(tmp_path / "slow", SLOW_INIT_MODEL.format(sleep=3))
     outside, _ = run(small_image_dataset, model, 30, tmp_path / "outside")
     inside, _ = run(small_image_dataset, model, 30, tmp_path / "inside", "--charge_init_to_budget")
-    first_outside = eval(outside.read("scores.txt")["timestamps"])[0]
-    first_inside = eval(inside.read("scores.txt")["timestamps"])[0]
+    first_outside = ast.literal_eval(outside.read("scores.txt")["timestamps"])[0]
+    first_inside = ast.literal_eval(inside.read("scores.txt")["timestamps"])[0]
     assert outside.ingestion_success and inside.ingestion_success
     assert first_outside < 2.5 <= 3 <= first_inside
 

@@ -1,6 +1,8 @@
 """The submission (model.py over autodl_meta) through the local harness, and its fallbacks."""
 from __future__ import annotations
 
+import ast
+
 import numpy as np
 import pytest
 
@@ -14,7 +16,7 @@ def test_submission_learns_within_the_budget(small_image_dataset, tmp_path):
     budget = 40
     result = run_local_test(small_image_dataset, REPO_ROOT, budget, tmp_path, start_wait=120)
     assert result.ingestion_success
-    timestamps = eval(result.read("scores.txt")["timestamps"])
+    timestamps = ast.literal_eval(result.read("scores.txt")["timestamps"])
     assert timestamps and max(timestamps) <= budget
     assert timestamps[0] < 15, "the first prediction must come early"
     assert result.alc > 0.6, f"ALC {result.alc}"
