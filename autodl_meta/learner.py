@@ -133,7 +133,7 @@ class Learner:
         """Linear head on frozen features of what the first train() call decoded."""
         images, labels = self.train_reader.images, self.train_reader.labels
         train = complement(self.validation, len(labels))
-        features = self.trainer.features(images, frame=None)
+        features = self.trainer.features(images)
         self.trainer.fit_head(features[train], labels[train])
         self.head_fitted = True
         self.predict_with = "head"
@@ -155,7 +155,7 @@ class Learner:
             slice_seconds -= time.monotonic() - spent
         train = complement(self.validation, self.train_reader.count)
         images, labels = self.train_reader.images, self.train_reader.labels
-        steps = self.trainer.train_for(images[train], labels[train], max(slice_seconds, 0.5))
+        steps = self.trainer.train_for(images, labels, max(slice_seconds, 0.5), indices=train)
         score = self._validate(images, labels)
         logger.info("fine-tuned %d steps on %d examples (validation NAUC %.4f, best %.4f); "
                     "%.1f s left", steps, len(train), score, self.best_validation,
@@ -182,7 +182,7 @@ class Learner:
             return self.trainer.predict(self.test_reader.images)
         if use == "head" or self.last_prediction is None:
             began = time.monotonic()
-            features = self.trainer.features(self.test_reader.images, frame=None)
+            features = self.trainer.features(self.test_reader.images)
             # A network prediction costs a feature pass per TTA view; expect it from now on.
             views = 2 if self.config.flip_tta else 1
             self.test_seconds = max(self.test_seconds, views * (time.monotonic() - began))

@@ -57,17 +57,16 @@ class Trainer:
 
     # -- frozen features and the linear head -------------------------------------------------
     @torch.no_grad()
-    def features(self, images: torch.Tensor, frame: int | None = 0) -> torch.Tensor:
-        """Frozen features of `images`; of one frame, or averaged over frames when None."""
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen features of `images`, averaged over the frames of each clip."""
         self.model.eval()
         outputs = []
         for start in range(0, len(images), PREDICT_BATCH):
-            batch = images[start:start + PREDICT_BATCH]
-            clips = batch[:, frame:frame + 1] if frame is not None else batch
+            clips = images[start:start + PREDICT_BATCH]
             flat = to_float(clips.flatten(0, 1), self.device)
             with torch.autocast(self.device.type, enabled=self.use_amp):
                 feats = self.model.extractor(flat).float()
-            outputs.append(feats.view(len(batch), clips.shape[1], -1).mean(1).cpu())
+            outputs.append(feats.view(len(clips), clips.shape[1], -1).mean(1).cpu())
         return torch.cat(outputs)
 
     def fit_head(self, features: torch.Tensor, labels: torch.Tensor) -> None:
@@ -121,8 +120,11 @@ class Trainer:
             lam = 1 - cut_h * cut_w / (height * width)
         return images, lam * targets + (1 - lam) * targets[order]
 
-    def train_for(self, images: torch.Tensor, labels: torch.Tensor, seconds: float) -> int:
-        """Fine-tune on (images, labels) for about `seconds`; return the steps taken."""
+    def train_for(self, images: torch.Tensor, labels: torch.Tensor, seconds: float,
+                  indices: torch.Tensor | None = None) -> int:
+        """Fine-tune for about `seconds` on the examples at `indices` (all when None); return
+        the steps taken. Batches are gathered from `indices`, so no subset copy is made."""
+        pool = indices if indices is not None else torch.arange(len(images))
         if self.optimizer is None:
             self.optimizer = self._make_optimizer()
         self.model.train()
@@ -132,11 +134,11 @@ class Trainer:
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
         deadline = time.monotonic() + seconds
-        batch_size = min(self.config.batch_size, len(images))
+        batch_size = min(self.config.batch_size, len(pool))
         taken = 0
         while taken == 0 or time.monotonic() + (self.step_seconds or 0) < deadline:
             began = time.monotonic()
-            index = torch.randint(0, len(images), (batch_size,), generator=self.generator)
+            index = pool[torch.randint(0, len(pool), (batch_size,), generator=self.generator)]
             frame = torch.randint(0, images.shape[1], (batch_size,), generator=self.generator)
             batch = to_float(images[index, frame], self.device)
             targets = labels[index].to(self.device)
