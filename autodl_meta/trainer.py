@@ -55,19 +55,24 @@ class Trainer:
         self.multilabel = multilabel
         self.loss_fn = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss()
 
-    # -- frozen features and the linear head -------------------------------------------------
     @torch.no_grad()
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Frozen features of `images`, averaged over the frames of each clip."""
+    def _per_clip(self, images: torch.Tensor, frame_fn) -> torch.Tensor:
+        """`frame_fn` (float frames on the device -> one row each) averaged over each clip's
+        frames, in eval mode and in batches."""
         self.model.eval()
         outputs = []
         for start in range(0, len(images), PREDICT_BATCH):
             clips = images[start:start + PREDICT_BATCH]
             flat = to_float(clips.flatten(0, 1), self.device)
             with torch.autocast(self.device.type, enabled=self.use_amp):
-                feats = self.model.extractor(flat).float()
-            outputs.append(feats.view(len(clips), clips.shape[1], -1).mean(1).cpu())
+                rows = frame_fn(flat).float()
+            outputs.append(rows.view(len(clips), clips.shape[1], -1).mean(1).cpu())
         return torch.cat(outputs)
+
+    # -- frozen features and the linear head -------------------------------------------------
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen features of `images`, averaged over the frames of each clip."""
+        return self._per_clip(images, self.model.extractor)
 
     def fit_head(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Fit the linear head on frozen features (L2-regularised logistic regression)."""
@@ -164,22 +169,17 @@ class Trainer:
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
 
-    @torch.no_grad()
     def predict(self, images: torch.Tensor, flip: bool | None = None) -> np.ndarray:
         """Class scores per clip: averaged over frames, and over a flip when `flip`."""
         flip = self.config.flip_tta if flip is None else flip
-        self.model.eval()
-        outputs = []
-        for start in range(0, len(images), PREDICT_BATCH):
-            clips = images[start:start + PREDICT_BATCH]
-            flat = to_float(clips.flatten(0, 1), self.device)
-            views = [flat, flat.flip(3)] if flip else [flat]
-            total = 0
-            for view in views:
-                with torch.autocast(self.device.type, enabled=self.use_amp):
-                    total = total + self.scores(self.model(view).float())
-            outputs.append((total / len(views)).view(len(clips), clips.shape[1], -1).mean(1).cpu())
-        return torch.cat(outputs).numpy()
+
+        def frame_scores(frames: torch.Tensor) -> torch.Tensor:
+            scores = self.scores(self.model(frames).float())
+            if flip:
+                scores = (scores + self.scores(self.model(frames.flip(3)).float())) / 2
+            return scores
+
+        return self._per_clip(images, frame_scores).numpy()
 
     @torch.no_grad()
     def predict_from_features(self, features: torch.Tensor) -> np.ndarray:
