@@ -1,10 +1,13 @@
 """The AutoDL model API over the runtime stages: decode, head on frozen features, fine-tune.
 
-`Learner(metadata)` is what model.py exposes as `Model`. The first `train()` decodes a first
-piece of the training set and fits a ridge model on pixels, so the first `test()` returns a real
-prediction within seconds; the second fits a linear head on frozen pretrained features; later
-calls fine-tune the whole network for time slices chosen by the TimePolicy. No exception escapes `train`/`test`: a failure is logged
-and the last good prediction is returned.
+`Learner(metadata)` is what model.py exposes as `Model`. The first `train()` fingerprints a
+first batch of the training set, asks the meta-classifier in `metadata/` which known dataset it
+resembles and takes that dataset's config (the generalist config when the selector is unsure,
+when `metadata/` holds none, or when AUTODL_META_LEARNING=0); it then decodes a first piece of the
+training set and fits a ridge model on pixels, so the first `test()` returns a real prediction
+within seconds. The second `train()` fits a linear head on frozen pretrained features; later calls
+fine-tune the whole network for time slices chosen by the TimePolicy. No exception escapes
+`train`/`test`: a failure is logged and the last good prediction is returned.
 """
 from __future__ import annotations
 
@@ -12,13 +15,16 @@ import json
 import logging
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from autodl_meta.backbones import available_backbones
-from autodl_meta.config import GENERALIST, TrainConfig
+from autodl_meta.config import TrainConfig
 from autodl_meta.data import DatasetReader
+from autodl_meta.fingerprint import Fingerprinter, read_fingerprint_batch
+from autodl_meta.metadata import METADATA_DIR, MetaData, MetadataError
 from autodl_meta.policy import TimePolicy
 from autodl_meta.quick import PixelRidge
 from autodl_meta.trainer import Trainer, pick_device
@@ -29,6 +35,13 @@ logger = logging.getLogger("autodl_meta")
 FIRST_READ_COUNT = 512
 FIRST_READ_SECONDS = 4.0
 DEFAULT_TIME_BUDGET = 1200.0
+# Set to 0 (or off/false/no) to skip the dataset selection and run the generalist config.
+META_LEARNING_ENV = "AUTODL_META_LEARNING"
+
+
+def meta_learning_enabled() -> bool:
+    return os.environ.get(META_LEARNING_ENV, "1").strip().lower() not in ("0", "off", "false",
+                                                                           "no")
 
 
 def effective_resolution(metadata, cap: int) -> int:
@@ -44,19 +57,31 @@ def effective_resolution(metadata, cap: int) -> int:
 class Learner:
     """One dataset's run: the state kept between the platform's train/test calls."""
 
-    def __init__(self, metadata) -> None:
+    def __init__(self, metadata, config: TrainConfig | None = None, seed: int = 0,
+                 metadata_dir: Path = METADATA_DIR) -> None:
+        """`config` forces a configuration (no selection); otherwise `metadata_dir` decides."""
         self.done_training = False
+        self.metadata = metadata
+        self.seed = seed
         self.output_dim = metadata.get_output_size()
         self.in_channels = metadata.get_num_channels()
         self.is_video = metadata.get_sequence_size() != 1
         self.device = pick_device()
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, os.cpu_count() or 1))
-        self.config = self._choose_config(GENERALIST)
+        self.meta = MetaData() if config is not None else self._load_metadata(metadata_dir)
+        self.fingerprinter: Fingerprinter | None = None
+        if config is None and self.meta.selector is not None:
+            if meta_learning_enabled():
+                self.fingerprinter = Fingerprinter(self.in_channels, self.device)
+            else:
+                logger.info("meta-learning switched off (%s): generalist config",
+                            META_LEARNING_ENV)
+        self.selected: str | None = None
+        self.config = self._usable(config or self.meta.generalist)
         self.resolution = effective_resolution(metadata, self.config.resolution)
         self.frames = self.config.test_frames if self.is_video else 1
-        self.trainer = Trainer(self.config, self.output_dim, self.in_channels, multilabel=False,
-                               device=self.device)
+        self.trainer: Trainer | None = None
         self.policy: TimePolicy | None = None
         self.train_reader: DatasetReader | None = None
         self.test_reader: DatasetReader | None = None
@@ -69,13 +94,18 @@ class Learner:
         self.predict_with: str | None = None
         self.test_seconds = 0.0
         self.last_prediction: np.ndarray | None = None
-        logger.info("config %s", json.dumps(self.config.to_dict(), sort_keys=True))
-        logger.info("backbone %s at %d px on %s, %d classes, %s", self.config.backbone,
-                    self.resolution, self.device, self.output_dim,
-                    "video" if self.is_video else "images")
 
     @staticmethod
-    def _choose_config(config: TrainConfig) -> TrainConfig:
+    def _load_metadata(folder: Path) -> MetaData:
+        try:
+            return MetaData.load(folder)
+        except MetadataError as err:  # a broken file must not cost the run: say so, go on
+            logger.error("%s; using the generalist config", err)
+            return MetaData()
+
+    @staticmethod
+    def _usable(config: TrainConfig) -> TrainConfig:
+        """`config`, with the first available backbone when its own weights are missing."""
         available = available_backbones()
         if not available:
             raise RuntimeError("no pretrained backbone in pretrained/ (run `make pretrained`)")
@@ -83,6 +113,27 @@ class Learner:
             logger.warning("weights of %s missing: using %s", config.backbone, available[0])
             config = TrainConfig.from_dict({**config.to_dict(), "backbone": available[0]})
         return config
+
+    def _select_config(self, dataset) -> None:
+        """Fingerprint a first batch and take the config of the closest known dataset."""
+        began = time.monotonic()
+        try:
+            images = read_fingerprint_batch(dataset)
+            name, confidence = self.meta.selector.select(
+                self.fingerprinter.fingerprints(images))
+        except Exception:  # noqa: BLE001 - the generalist is always a safe answer
+            logger.exception("dataset selection failed; using the generalist config")
+            return
+        seconds = time.monotonic() - began
+        if confidence < self.meta.min_confidence:
+            logger.info("selector unsure (closest %s, confidence %.2f < %.2f, %.2f s): "
+                        "generalist config", name, confidence, self.meta.min_confidence,
+                        seconds)
+            return
+        self.selected = name
+        self.config = self._usable(self.meta.configs[name])
+        logger.info("selected %s (confidence %.2f, %d samples, %.2f s)", name, confidence,
+                    len(images), seconds)
 
     # -- the platform's API -------------------------------------------------------------------
     def train(self, dataset, remaining_time_budget: float | None = None) -> None:
@@ -117,6 +168,16 @@ class Learner:
 
     # -- stages -------------------------------------------------------------------------------
     def _first_train(self, dataset) -> None:
+        if self.fingerprinter is not None:
+            self._select_config(dataset)
+        self.resolution = effective_resolution(self.metadata, self.config.resolution)
+        self.frames = self.config.test_frames if self.is_video else 1
+        logger.info("config %s", json.dumps(self.config.to_dict(), sort_keys=True))
+        logger.info("backbone %s at %d px on %s, %d classes, %s", self.config.backbone,
+                    self.resolution, self.device, self.output_dim,
+                    "video" if self.is_video else "images")
+        self.trainer = Trainer(self.config, self.output_dim, self.in_channels, multilabel=False,
+                               device=self.device, seed=self.seed)
         self.train_reader = DatasetReader(dataset, self.resolution, self.frames)
         self.train_reader.read(max(64, FIRST_READ_COUNT // self.frames),
                                seconds=FIRST_READ_SECONDS)

@@ -48,6 +48,7 @@ class Trainer:
         self.use_amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.steps = 0
+        self.train_seconds = 0.0      # wall-clock spent in train_for, for simulated-time ALC
         self.step_seconds: float | None = None
 
     def set_multilabel(self, multilabel: bool) -> None:
@@ -138,7 +139,8 @@ class Trainer:
         for module in self.model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
-        deadline = time.monotonic() + seconds
+        started = time.monotonic()
+        deadline = started + seconds
         batch_size = min(self.config.batch_size, len(pool))
         taken = 0
         while taken == 0 or time.monotonic() + (self.step_seconds or 0) < deadline:
@@ -163,6 +165,7 @@ class Trainer:
                 0.8 * self.step_seconds + 0.2 * elapsed
             taken += 1
         self.steps += taken
+        self.train_seconds += time.monotonic() - started
         return taken
 
     # -- prediction ---------------------------------------------------------------------------

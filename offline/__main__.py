@@ -3,6 +3,13 @@ import importlib
 import sys
 
 COMMANDS = {
+    "profile": ("offline.profile", "time forward+backward per backbone and shape: the cost table"),
+    "bohb": ("offline.bohb", "BOHB per (known dataset, backbone) on SMAC3 + Dask"),
+    "crosseval": ("offline.crosseval", "evaluate every incumbent on every known dataset"),
+    "selector": ("offline.selector", "fingerprint the known datasets, train and compare the "
+                                     "meta-classifiers"),
+    "export": ("offline.export", "write metadata/ from the store and the selector"),
+    "report": ("offline.report", "plots and a markdown summary in reports/"),
     "bench": ("offline.bench", "benchmark the submission through the local harness"),
     "package": ("offline.package", "build the submission zip (make zip)"),
 }

@@ -1,0 +1,123 @@
+"""Cross-evaluation: every incumbent, and the default generalist, on every known dataset.
+
+    python -m offline crosseval --budget 180
+
+Row "cifar10", column "omniglot" is the ALC of cifar10's incumbent config on omniglot: the
+diagonal is the paper's "same-config" line, the rest its "other datasets' configs" lines, and
+the matrix is what the selector's report prices a selection with. Results go into the same
+SQLite store as BOHB's, so an interrupted run resumes and a repeated run costs nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from autodl_meta.config import GENERALIST, TrainConfig
+from ingestion_local.prepare import DEFAULT_OUT
+from offline.cluster import dask_client, run_all, threads_per_task
+from offline.evaluate import TIME_MODES, Evaluation, evaluate_task
+from offline.store import DEFAULT_STORE, ResultStore
+
+logger = logging.getLogger(__name__)
+
+GENERALIST_NAME = "generalist"
+
+
+def candidate_configs(store: ResultStore) -> dict[str, TrainConfig]:
+    """The best incumbent of each dataset, and the default generalist config."""
+    configs = {name: incumbent.config for name, incumbent in store.best_incumbents().items()}
+    configs[GENERALIST_NAME] = GENERALIST
+    return configs
+
+
+def alc_matrix(store: ResultStore, configs: dict[str, TrainConfig], datasets: Sequence[str],
+               budget: float, seeds: Sequence[int] = (0,), time_mode: str = "wall"
+               ) -> np.ndarray:
+    """ALC of config i on dataset j, averaged over seeds; NaN where not evaluated yet."""
+    matrix = np.full((len(configs), len(datasets)), np.nan)
+    for i, config in enumerate(configs.values()):
+        for j, dataset in enumerate(datasets):
+            found = [store.get(dataset, config, budget, seed, time_mode) for seed in seeds]
+            if all(found):
+                matrix[i, j] = float(np.mean([evaluation.alc for evaluation in found]))
+    return matrix
+
+
+def markdown_matrix(names: Sequence[str], datasets: Sequence[str], matrix: np.ndarray) -> str:
+    lines = ["| config \\ dataset | " + " | ".join(datasets) + " | mean |",
+             "|---" * (len(datasets) + 2) + "|"]
+    for name, row in zip(names, matrix):
+        cells = " | ".join("-" if np.isnan(v) else f"{v:.3f}" for v in row)
+        lines.append(f"| {name} | {cells} | {np.nanmean(row) if np.isfinite(row).any() else 0:.3f} |")
+    return "\n".join(lines)
+
+
+def cross_evaluate(store: ResultStore, client, data_dir: Path, datasets: Sequence[str],
+                   budget: float, seeds: Sequence[int], time_mode: str = "wall",
+                   cost_table: Path | None = None) -> np.ndarray:
+    configs = candidate_configs(store)
+    threads = threads_per_task(client)
+    todo = [(config, dataset, seed) for config in configs.values() for dataset in datasets
+            for seed in seeds if store.get(dataset, config, budget, seed, time_mode) is None]
+    logger.info("%d configs x %d datasets x %d seeds: %d evaluations to run", len(configs),
+                len(datasets), len(seeds), len(todo))
+    calls = [{"config": config.to_dict(), "dataset_dir": str(data_dir / dataset),
+              "budget": budget, "seed": seed, "time_mode": time_mode,
+              "cost_table_path": str(cost_table) if cost_table else None, "threads": threads}
+             for config, dataset, seed in todo]
+    with tqdm(total=len(calls), desc="crosseval", unit="run") as progress:
+        def record(index: int, result: dict) -> None:
+            evaluation = Evaluation.from_dict(result)
+            if evaluation.error is None:
+                store.put(todo[index][0], evaluation)
+            else:
+                logger.warning("%s failed: %s", evaluation.dataset, evaluation.error)
+            progress.set_postfix(dataset=evaluation.dataset, alc=f"{evaluation.alc:.3f}")
+            progress.update()
+
+        run_all(client, evaluate_task, calls, record)
+    return alc_matrix(store, configs, datasets, budget, seeds, time_mode)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m offline crosseval",
+                                     description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=None,
+                        help="datasets to evaluate on (default: those with an incumbent)")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    parser.add_argument("--budget", type=float, default=180.0, help="time budget T, seconds")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--time", choices=TIME_MODES, default="wall", dest="time_mode")
+    parser.add_argument("--cost-table", type=Path, default=None)
+    parser.add_argument("--scheduler", default=None,
+                        help="address of an existing Dask scheduler (default: a LocalCluster)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None, help="also write the matrix here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                                                   "%(message)s")
+    with ResultStore(args.store) as store:
+        datasets = args.datasets or sorted(store.best_incumbents())
+        if not datasets:
+            parser.error(f"{args.store} holds no incumbent: run python -m offline bohb first")
+        with dask_client(args.scheduler, args.workers) as client:
+            matrix = cross_evaluate(store, client, args.data_dir, datasets, args.budget,
+                                    args.seeds, args.time_mode, args.cost_table)
+        table = markdown_matrix(list(candidate_configs(store)), datasets, matrix)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

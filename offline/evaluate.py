@@ -1,0 +1,135 @@
+"""Evaluate one configuration on one known dataset: the submission's own Learner, in process.
+
+    evaluate(config, dataset_dir, budget, seed) -> Evaluation
+
+The loop is the platform's: train(), then test(), until `done_training` or the budget `T` is
+spent; every prediction is scored with the platform's NAUC and the curve with its ALC (t0 =
+60 s) over [0, T]. So the number BOHB optimises is the number the submission would get at that
+budget, with the same time policy, validation guard and first predictions. Nothing here imports
+SMAC or Dask: any engine can call `evaluate` (Dask workers call `evaluate_task`).
+
+Time is wall-clock by default. With a cost table (`time_mode="simulated"`), each prediction's
+time is re-timed: the measured training time is replaced by steps x the table's step cost for
+the config's backbone, resolution and batch size, which removes the noise of a shared machine
+from the dominant part (the paper's lookup-table ALC).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from autodl_meta.config import TrainConfig
+from autodl_meta.costs import CostTable
+from autodl_meta.learner import Learner
+from ingestion_local import AutoDLDataset
+from scoring_local.metrics import accuracy, alc, is_multiclass, nauc
+
+logger = logging.getLogger(__name__)
+
+TIME_MODES = ("wall", "simulated")
+
+
+@dataclass
+class Evaluation:
+    """The learning curve of one run and what the scorer makes of it."""
+
+    dataset: str
+    budget: float
+    seed: int
+    alc: float
+    final_nauc: float
+    final_accuracy: float
+    timestamps: list[float] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    time_mode: str = "wall"
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Evaluation":
+        return cls(**values)
+
+
+def dataset_paths(dataset_dir: Path) -> tuple[str, Path, Path]:
+    """(name, <name>.data folder, <name>.solution) of a prepared AutoDL dataset folder."""
+    name = dataset_dir.name
+    data, solution = dataset_dir / f"{name}.data", dataset_dir / f"{name}.solution"
+    if not data.is_dir() or not solution.is_file():
+        raise FileNotFoundError(f"{dataset_dir}: expected {name}.data/ and {name}.solution "
+                                f"(python -m ingestion_local.prepare --only {name})")
+    return name, data, solution
+
+
+def evaluate(config: TrainConfig, dataset_dir: Path, budget: float, seed: int = 0,
+             time_mode: str = "wall", cost_table: CostTable | None = None,
+             threads: int | None = None) -> Evaluation:
+    """Run the submission with `config` on `dataset_dir` for `budget` seconds; score it."""
+    if time_mode not in TIME_MODES:
+        raise ValueError(f"time_mode must be one of {TIME_MODES}, got {time_mode!r}")
+    if time_mode == "simulated" and cost_table is None:
+        raise ValueError("simulated time needs a cost table (python -m offline profile)")
+    name, data, solution_path = dataset_paths(Path(dataset_dir))
+    solution = np.loadtxt(solution_path, ndmin=2)
+    train, test = AutoDLDataset(data / "train"), AutoDLDataset(data / "test")
+    torch.manual_seed(seed)
+    began = time.monotonic()
+    learner = Learner(train.get_metadata(), config=config, seed=seed)
+    if threads:  # the Learner takes every core; a Dask worker shares them with others
+        torch.set_num_threads(threads)
+    start = time.monotonic()
+    timestamps, simulated, scores, accuracies = [], [], [], []
+    while not learner.done_training:
+        remaining = start + budget - time.monotonic()
+        if remaining <= 0:
+            break
+        learner.train(train.get_dataset(), remaining_time_budget=remaining)
+        remaining = start + budget - time.monotonic()
+        prediction = learner.test(test.get_dataset(), remaining_time_budget=remaining)
+        elapsed = time.monotonic() - start
+        if elapsed > budget:  # the platform would have stopped the run before this one
+            break
+        timestamps.append(elapsed)
+        if cost_table is not None:
+            simulated.append(_simulated_time(elapsed, learner, cost_table))
+        scores.append(nauc(solution, prediction))
+        accuracies.append(accuracy(solution, prediction) if is_multiclass(solution) else 0.0)
+    times = simulated if time_mode == "simulated" else timestamps
+    return Evaluation(
+        dataset=name, budget=budget, seed=seed, alc=alc(times, scores, budget),
+        final_nauc=scores[-1] if scores else 0.0,
+        final_accuracy=accuracies[-1] if accuracies else 0.0,
+        timestamps=[round(t, 3) for t in times], scores=[round(s, 6) for s in scores],
+        wall_seconds=time.monotonic() - began, time_mode=time_mode)
+
+
+def _simulated_time(elapsed: float, learner: Learner, cost_table: CostTable) -> float:
+    trainer, config = learner.trainer, learner.config
+    if trainer is None:
+        return elapsed
+    step = cost_table.train_step_seconds(config.backbone, learner.resolution, config.batch_size)
+    return elapsed - trainer.train_seconds + trainer.steps * step
+
+
+def evaluate_task(config: dict[str, Any], dataset_dir: str, budget: float, seed: int,
+                  time_mode: str = "wall", cost_table_path: str | None = None,
+                  threads: int | None = None) -> dict[str, Any]:
+    """`evaluate` with plain arguments and result, for a Dask worker; errors become results."""
+    try:
+        table = CostTable.load(Path(cost_table_path)) if cost_table_path else None
+        result = evaluate(TrainConfig.from_dict(config), Path(dataset_dir), budget, seed,
+                          time_mode, table, threads)
+    except Exception as err:  # noqa: BLE001 - one failed trial must not end the search
+        logger.exception("evaluation failed on %s", dataset_dir)
+        result = Evaluation(dataset=Path(dataset_dir).name, budget=budget, seed=seed, alc=0.0,
+                            final_nauc=0.0, final_accuracy=0.0, time_mode=time_mode,
+                            error=f"{type(err).__name__}: {err}")
+    return result.to_dict()

@@ -1,0 +1,117 @@
+"""The resumable result store: every evaluation the offline pipeline makes, in one SQLite file.
+
+An evaluation is keyed by (dataset, config, budget, seed, time mode): BOHB, the cross-evaluation
+and the selector's report all read the same rows, and a command that is interrupted and started
+again finds what it already measured instead of measuring it twice. Incumbents (the best config
+BOHB found per dataset and backbone) are kept beside them.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from autodl_meta.config import TrainConfig
+from offline.evaluate import Evaluation
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_STORE = REPO_ROOT / "results" / "offline.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS evaluations (
+    dataset TEXT NOT NULL, config_key TEXT NOT NULL, budget REAL NOT NULL,
+    seed INTEGER NOT NULL, time_mode TEXT NOT NULL, config TEXT NOT NULL,
+    alc REAL NOT NULL, result TEXT NOT NULL, created TEXT NOT NULL,
+    PRIMARY KEY (dataset, config_key, budget, seed, time_mode));
+CREATE TABLE IF NOT EXISTS incumbents (
+    dataset TEXT NOT NULL, backbone TEXT NOT NULL, config TEXT NOT NULL, alc REAL NOT NULL,
+    budget REAL NOT NULL, trials INTEGER NOT NULL, created TEXT NOT NULL,
+    PRIMARY KEY (dataset, backbone));
+"""
+
+
+def config_key(config: TrainConfig) -> str:
+    """A canonical text for a config, so equal configs share their results."""
+    return json.dumps(config.to_dict(), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Incumbent:
+    dataset: str
+    backbone: str
+    config: TrainConfig
+    alc: float
+    budget: float
+    trials: int
+
+
+class ResultStore:
+    """Evaluations and incumbents in SQLite; safe to open from several processes in turn."""
+
+    def __init__(self, path: Path = DEFAULT_STORE) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._connection = sqlite3.connect(self.path, timeout=60)
+        self._connection.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def __enter__(self) -> "ResultStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def get(self, dataset: str, config: TrainConfig, budget: float, seed: int,
+            time_mode: str = "wall") -> Evaluation | None:
+        row = self._connection.execute(
+            "SELECT result FROM evaluations WHERE dataset=? AND config_key=? AND budget=? "
+            "AND seed=? AND time_mode=?",
+            (dataset, config_key(config), float(budget), seed, time_mode)).fetchone()
+        return Evaluation.from_dict(json.loads(row[0])) if row else None
+
+    def put(self, config: TrainConfig, evaluation: Evaluation) -> None:
+        with self._connection:
+            self._connection.execute(
+                "INSERT OR REPLACE INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (evaluation.dataset, config_key(config), float(evaluation.budget),
+                 evaluation.seed, evaluation.time_mode, config_key(config), evaluation.alc,
+                 json.dumps(evaluation.to_dict()), _now()))
+
+    def evaluations(self, dataset: str | None = None) -> list[tuple[TrainConfig, Evaluation]]:
+        query = "SELECT config, result FROM evaluations"
+        rows = (self._connection.execute(query + " WHERE dataset=?", (dataset,)) if dataset
+                else self._connection.execute(query))
+        return [(TrainConfig.from_dict(json.loads(config)),
+                 Evaluation.from_dict(json.loads(result))) for config, result in rows]
+
+    def set_incumbent(self, incumbent: Incumbent) -> None:
+        with self._connection:
+            self._connection.execute(
+                "INSERT OR REPLACE INTO incumbents VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (incumbent.dataset, incumbent.backbone, config_key(incumbent.config),
+                 incumbent.alc, incumbent.budget, incumbent.trials, _now()))
+
+    def incumbents(self) -> list[Incumbent]:
+        rows = self._connection.execute(
+            "SELECT dataset, backbone, config, alc, budget, trials FROM incumbents "
+            "ORDER BY dataset, backbone")
+        return [Incumbent(dataset, backbone, TrainConfig.from_dict(json.loads(config)), alc,
+                          budget, trials)
+                for dataset, backbone, config, alc, budget, trials in rows]
+
+    def best_incumbents(self) -> dict[str, Incumbent]:
+        """Per dataset, the incumbent of the backbone with the highest ALC."""
+        best: dict[str, Incumbent] = {}
+        for incumbent in self.incumbents():
+            if incumbent.dataset not in best or incumbent.alc > best[incumbent.dataset].alc:
+                best[incumbent.dataset] = incumbent
+        return best
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,142 @@
+"""The offline pipeline: evaluation, BOHB on a two-worker LocalCluster, cross-evaluation,
+selector training and export into a metadata/ folder that the runtime loads and uses."""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+
+from autodl_meta.config import GENERALIST, TrainConfig
+from autodl_meta.costs import CostEntry, CostTable
+from autodl_meta.metadata import MetaData
+from offline import bohb, export, selector
+from offline.crosseval import GENERALIST_NAME, alc_matrix, candidate_configs
+from offline.evaluate import Evaluation, evaluate
+from offline.store import Incumbent, ResultStore
+
+SMALL = TrainConfig(resolution=32, batch_size=16, learning_rate=0.01)
+
+
+def test_evaluate_runs_the_submission_and_scores_its_curve(small_image_dataset):
+    table = CostTable(device="test", created="2026-01-01", entries=[
+        CostEntry("efficientnet-lite0", 32, 16, 0.05, 0.001),
+        CostEntry("efficientnet-lite0", 64, 16, 0.2, 0.004)])
+    result = evaluate(SMALL, small_image_dataset, budget=12, seed=0, time_mode="simulated",
+                      cost_table=table, threads=1)
+    assert result.dataset == "smalldigits" and result.error is None
+    assert len(result.timestamps) >= 2 and len(result.scores) == len(result.timestamps)
+    assert result.timestamps == sorted(result.timestamps) and max(result.timestamps) <= 12
+    assert 0.3 < result.alc < 1.0 and result.final_nauc > 0.5
+
+
+@pytest.mark.slow
+def test_bohb_on_a_two_worker_local_cluster_resumes(small_image_dataset, tmp_path):
+    store_path = tmp_path / "store.sqlite"
+    common = ["--datasets", small_image_dataset.name, "--data-dir",
+              str(small_image_dataset.parent), "--backbones", "efficientnet-lite0",
+              "--min-budget", "4", "--max-budget", "12", "--resolutions", "32",
+              "--store", str(store_path), "--workers", "2"]
+    assert bohb.main(common + ["--trials", "2"]) == 0
+    with sqlite3.connect(store_path) as connection:
+        first = connection.execute("SELECT config_key, budget, created FROM evaluations"
+                                   ).fetchall()
+    assert len(first) == 2
+    # A larger trial count continues the same search: the first two are not run again.
+    assert bohb.main(common + ["--trials", "4"]) == 0
+    with ResultStore(store_path) as store:
+        evaluations = store.evaluations("smalldigits")
+        incumbents = store.incumbents()
+    assert len(evaluations) >= 3  # a proposal may repeat a config at a higher budget
+    with sqlite3.connect(store_path) as connection:
+        again = connection.execute("SELECT config_key, budget, created FROM evaluations"
+                                   ).fetchall()
+    assert set(first) <= set(again)
+    assert len(incumbents) == 1 and incumbents[0].trials == 4
+    best = max(e.alc for _, e in evaluations if e.budget == incumbents[0].budget)
+    assert incumbents[0].alc == pytest.approx(best)
+    assert all(0.0 < e.alc < 1.0 and e.error is None for _, e in evaluations)
+
+
+def test_configspace_maps_onto_the_runtime_schema():
+    space = bohb.configspace(seed=1)
+    for configuration in space.sample_configuration(20):
+        config = bohb.to_train_config(configuration, "efficientnet-lite0")
+        assert config.backbone == "efficientnet-lite0"
+        assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def _three_datasets(small_image_dataset):
+    """Three small real-format datasets that look different, side by side: MNIST digits, a
+    colour set and sklearn's 8x8 digits."""
+    from sklearn.datasets import load_digits
+
+    from ingestion_local.convert import write_arrays
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 150)
+    colour = np.zeros((150, 32, 32, 3), dtype=np.uint8)
+    colour[..., 0] = 200
+    colour[np.arange(150), :, :, 2] = (y * 100)[:, None, None]
+    colour = (colour + rng.integers(0, 40, colour.shape)).astype(np.uint8)
+    digits = load_digits()
+    eight = np.round(digits.images[:150] * (255 / 16)).astype(np.uint8)
+    out = small_image_dataset.parent
+    if not (out / "colour").exists():
+        write_arrays("colour", out, colour[:100], y[:100], colour[100:], y[100:])
+    if not (out / "eight").exists():
+        write_arrays("eight", out, eight[:100], digits.target[:100], eight[100:],
+                     digits.target[100:150])
+    return [small_image_dataset.name, "colour", "eight"]
+
+
+def test_selector_and_export_write_a_metadata_folder_the_runtime_uses(
+        small_image_dataset, tmp_path, monkeypatch):
+    names = _three_datasets(small_image_dataset)
+    data_dir = small_image_dataset.parent
+    store_path = tmp_path / "results" / "store.sqlite"
+    # The search itself is tested above; here the store is filled with a known matrix, so the
+    # selector's pricing and the export can be checked exactly.
+    configs = {name: TrainConfig(learning_rate=0.001 * (i + 1)) for i, name in enumerate(names)}
+    with ResultStore(store_path) as store:
+        for name, config in configs.items():
+            store.set_incumbent(Incumbent(name, config.backbone, config, 0.8, 30.0, 5))
+        for i, (source, config) in enumerate([*configs.items(), (GENERALIST_NAME, GENERALIST)]):
+            for j, target in enumerate(names):
+                value = 0.9 if source == target else 0.5 + 0.01 * i
+                store.put(config, Evaluation(target, 30.0, 0, value, value, value))
+        matrix = alc_matrix(store, candidate_configs(store), names, 30.0)
+    assert matrix.shape == (4, 3) and not np.isnan(matrix).any()
+    assert selector.main(["--datasets", *names, "--data-dir", str(data_dir), "--store",
+                          str(store_path), "--budget", "30", "--max-samples", "100",
+                          "--repeats", "3", "--kinds", "nearest_centroid", "mlp_vote"]) == 0
+    report = json.loads((store_path.parent / "selector" / selector.REPORT_FILE).read_text())
+    assert report["chosen_kind"] in ("nearest_centroid", "mlp_vote")
+    for held in report["held_out"]:  # the oracle is the diagonal; the others' configs score less
+        assert held["oracle"] == pytest.approx(0.9)
+        for picks in held["selections"]["mlp_vote"].values():
+            assert all(name != held["dataset"] for name, _, _ in picks)
+    identified = report["identification_accuracy"]["nearest_centroid"]
+    assert identified["64"] == 1.0, identified  # these three are easy to tell apart
+    metadata_dir = tmp_path / "metadata"
+    assert export.main(["--store", str(store_path), "--budget", "30", "--out",
+                        str(metadata_dir)]) == 0
+    meta = MetaData.load(metadata_dir)
+    assert set(meta.configs) == set(names) and meta.selector is not None
+    provenance = json.loads((metadata_dir / "provenance.json").read_text())
+    assert {"datasets", "commands", "git_commit", "created", "scale"} <= set(provenance)
+
+    # The runtime fingerprints the colour set's first batch and takes the colour config.
+    from autodl_meta.learner import Learner
+    from ingestion_local import AutoDLDataset
+
+    train = AutoDLDataset(data_dir / "colour" / "colour.data" / "train")
+    learner = Learner(train.get_metadata(), metadata_dir=metadata_dir)
+    learner.train(train.get_dataset(), remaining_time_budget=60)
+    assert learner.selected == "colour"
+    assert learner.config.learning_rate == configs["colour"].learning_rate
+    monkeypatch.setenv("AUTODL_META_LEARNING", "0")
+    switched_off = Learner(train.get_metadata(), metadata_dir=metadata_dir)
+    switched_off.train(train.get_dataset(), remaining_time_budget=60)
+    assert switched_off.selected is None and switched_off.config == meta.generalist
