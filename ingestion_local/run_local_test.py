@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -67,11 +68,13 @@ class LocalTestResult:
 
 def run_local_test(dataset_dir: str | Path, code_dir: str | Path, time_budget: float,
                    result_dir: str | Path | None = None, extra_ingestion_args: Sequence[str] = (),
-                   start_wait: float = 600.0, capture_logs: bool = False) -> LocalTestResult:
+                   start_wait: float = 600.0, capture_logs: bool = False,
+                   env: dict[str, str] | None = None) -> LocalTestResult:
     """Run both programs as separate processes and wait for them; return the outcome.
 
     With `capture_logs`, their output goes to `ingestion.log` and `scoring.log` in the result
-    dir instead of the terminal.
+    dir instead of the terminal. `env` adds environment variables for the ingestion (and so
+    for the submission's code).
     """
     dataset_dir = Path(dataset_dir)
     task = find_solution_file(dataset_dir).name.split(".")[0]
@@ -89,7 +92,7 @@ def run_local_test(dataset_dir: str | Path, code_dir: str | Path, time_budget: f
         [sys.executable, "-m", "ingestion_local", f"--dataset_dir={dataset_dir}",
          f"--output_dir={prediction_dir}", f"--code_dir={code_dir}", f"--score_dir={score_dir}",
          f"--time_budget={time_budget}", *extra_ingestion_args],
-        stdout=logs["ingestion"], stderr=subprocess.STDOUT if capture_logs else None)
+        env={**os.environ, **(env or {})}, stdout=logs["ingestion"], stderr=subprocess.STDOUT if capture_logs else None)
     scoring = subprocess.Popen(
         [sys.executable, "-m", "scoring_local", f"--solution_dir={dataset_dir}",
          f"--prediction_dir={prediction_dir}", f"--score_dir={score_dir}",

@@ -1,6 +1,10 @@
 """python -m offline <command> [options]; `python -m offline <command> --help` for each."""
 import importlib
+import os
 import sys
+
+# TensorFlow's C++ start-up chatter buries the progress bars (workers inherit this too).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 COMMANDS = {
     "profile": ("offline.profile", "time forward+backward per backbone and shape: the cost table"),

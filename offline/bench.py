@@ -2,10 +2,12 @@
 
     python -m offline bench --datasets mnist_demo cifar10 --budget 300
 
-Runs the submission (the repository's model.py) and the linear baseline on each dataset with
-the local ingestion + scoring, and prints a markdown table: ALC, final NAUC, time of the first
-prediction (seconds after the first train() call), number of predictions, whether ingestion
-succeeded, and the backbone used. Runs are kept under `--result-dir` with their logs.
+Runs the submission (the repository's model.py), the same submission with the meta-learning
+switched off (AUTODL_META_LEARNING=0: the generalist config) and the linear baseline on each
+dataset with the local ingestion + scoring, and prints a markdown table: ALC, final NAUC, time
+of the first prediction (seconds after the first train() call), number of predictions, whether
+ingestion succeeded, the known dataset the selector chose and the backbone used. Runs are kept
+under `--result-dir` with their logs.
 """
 from __future__ import annotations
 
@@ -19,9 +21,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from autodl_meta.learner import META_LEARNING_ENV
 from ingestion_local.baselines import code_dir as baseline_dir
 from ingestion_local.prepare import DEFAULT_OUT
 from ingestion_local.run_local_test import LocalTestResult, run_local_test
+from offline.cli import emit_table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,48 +40,56 @@ class BenchRow:
     predictions: int
     success: bool
     last_prediction: float
+    selected: str
     backbone: str
 
     def markdown(self) -> str:
         return (f"| {self.dataset} | {self.model} | {self.alc:.4f} | {self.final_nauc:.4f} | "
                 f"{self.first_prediction:.1f} | {self.last_prediction:.1f} | {self.predictions} "
-                f"| {int(self.success)} | {self.backbone} |")
+                f"| {int(self.success)} | {self.selected} | {self.backbone} |")
 
 
 HEADER = ("| dataset | model | ALC | final NAUC | first prediction (s) | last prediction (s) "
-          "| predictions | ingestion_success | backbone |\n|---|---|---|---|---|---|---|---|---|")
+          "| predictions | ingestion_success | selected | backbone |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
+CONFIG_LINE = "autodl_meta: config "
+SELECTED_LINE = "autodl_meta: selected "
 
 
 def _row(dataset: str, model: str, result: LocalTestResult) -> BenchRow:
     scores = result.read("scores.txt")
     timestamps = ast.literal_eval(scores.get("timestamps", "[]"))
     naucs = ast.literal_eval(scores.get("nauc_scores", "[]"))
-    backbone = "-"
+    backbone = selected = "-"
     log = result.prediction_dir.parent / "ingestion.log"
     if log.is_file():
         for line in log.read_text().splitlines():
-            if "autodl_meta: config " in line:
-                backbone = json.loads(line.split("autodl_meta: config ", 1)[1])["backbone"]
+            if CONFIG_LINE in line:
+                backbone = json.loads(line.split(CONFIG_LINE, 1)[1])["backbone"]
+            elif SELECTED_LINE in line:
+                selected = line.split(SELECTED_LINE, 1)[1].split()[0]
     return BenchRow(dataset, model, result.alc or 0.0, naucs[-1] if naucs else 0.0,
                     timestamps[0] if timestamps else float("nan"), len(timestamps),
                     result.ingestion_success, timestamps[-1] if timestamps else float("nan"),
-                    backbone)
+                    selected, backbone)
 
 
 def run_bench(datasets: Sequence[str], data_dir: Path, budget: float, result_dir: Path,
-              baseline: str | None = "linear") -> list[BenchRow]:
-    models = [("submission", REPO_ROOT)]
+              baseline: str | None = "linear", generalist: bool = True) -> list[BenchRow]:
+    models = [("submission", REPO_ROOT, {})]
+    if generalist:
+        models.append(("generalist", REPO_ROOT, {META_LEARNING_ENV: "0"}))
     if baseline:
-        models.append((baseline, baseline_dir(baseline)))
+        models.append((baseline, baseline_dir(baseline), {}))
     rows = []
     for dataset in tqdm(datasets, desc="datasets", unit="dataset"):
         folder = data_dir / dataset
         if not (folder / f"{dataset}.solution").is_file():
             raise FileNotFoundError(f"{folder}: not prepared (python -m ingestion_local.prepare "
                                     f"--only {dataset})")
-        for model, code in models:
+        for model, code, env in models:
             result = run_local_test(folder, code, budget, result_dir / dataset / model,
-                                    capture_logs=True)
+                                    capture_logs=True, env=env)
             rows.append(_row(dataset, model, result))
             tqdm.write(rows[-1].markdown())
     return rows
@@ -93,17 +105,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="time budget per run in seconds (default: %(default)s)")
     parser.add_argument("--baseline", default="linear",
                         help="harness baseline to compare with, or 'none' (default: %(default)s)")
+    parser.add_argument("--no-generalist", action="store_true",
+                        help="skip the run with the meta-learning switched off")
     parser.add_argument("--result-dir", type=Path, default=REPO_ROOT / "runs" / "bench")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = parser.parse_args(argv)
     rows = run_bench(args.datasets, args.data_dir, args.budget, args.result_dir,
-                     None if args.baseline == "none" else args.baseline)
+                     None if args.baseline == "none" else args.baseline,
+                     not args.no_generalist)
     table = "\n".join([f"Budget {args.budget:.0f} s per run.", "", HEADER,
                        *(r.markdown() for r in rows)])
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+    emit_table(table, args.out)
     return 0
 
 

@@ -19,11 +19,11 @@ dask-jobqueue).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import sys
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,10 +34,11 @@ from tqdm import tqdm
 
 from autodl_meta.backbones import available_backbones
 from autodl_meta.config import AUGMENTATIONS, BATCH_SIZES, OPTIMIZERS, TrainConfig
-from ingestion_local.prepare import DEFAULT_OUT
+from offline.cli import (add_run_arguments, add_store_arguments, check_run_arguments,
+                         command_parser, setup_logging)
 from offline.cluster import dask_client, run_all, threads_per_task
-from offline.evaluate import TIME_MODES, Evaluation, evaluate_task
-from offline.store import DEFAULT_STORE, Incumbent, ResultStore
+from offline.evaluate import Evaluation, evaluate_task
+from offline.store import Incumbent, ResultStore
 
 logger = logging.getLogger(__name__)
 
@@ -82,15 +83,18 @@ class BOHBStudy:
         self.seed = seed
         self.time_mode = time_mode
         self.cost_table = cost_table
+        # Each dataset gets its own search seed: with one seed every dataset would start from
+        # the same initial design, and a short search would hand them all the same incumbent.
+        search_seed = (seed * 1_000_003 + zlib.crc32(self.dataset.encode())) % 2**31
         # SMAC asks on stdin when a folder holds a different scenario: one folder per scenario.
         # The trial count is ours to enforce (ask/tell ignores it), so a larger --trials
         # continues the same search.
         scenario_id = hashlib.sha1(json.dumps(
-            [min_budget, max_budget, seed, time_mode, list(resolutions)]).encode()
+            [min_budget, max_budget, search_seed, time_mode, list(resolutions)]).encode()
         ).hexdigest()[:10]
-        scenario = Scenario(configspace(resolutions, seed), deterministic=True,
+        scenario = Scenario(configspace(resolutions, search_seed), deterministic=True,
                             n_trials=MAX_TRIALS, min_budget=min_budget, max_budget=max_budget,
-                            seed=seed, output_directory=store.path.parent / "smac",
+                            seed=search_seed, output_directory=store.path.parent / "smac",
                             name=f"{self.dataset}-{backbone}-{scenario_id}")
         intensifier = MultiFidelityFacade.get_intensifier(scenario, eta=ETA)
         # The target function is never called by SMAC: trials run through ask/tell below.
@@ -158,16 +162,12 @@ class BOHBStudy:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m offline bohb",
-                                     description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = command_parser("python -m offline bohb", __doc__)
     parser.add_argument("--datasets", nargs="+", required=True,
                         help="prepared dataset names under --data-dir")
     parser.add_argument("--backbones", nargs="+", default=None,
                         help="backbones to search (default: every one with weights)")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--store", type=Path, default=DEFAULT_STORE,
-                        help="SQLite result store; reused to resume")
+    add_store_arguments(parser)
     parser.add_argument("--trials", type=int, default=13, help="trials per (dataset, backbone)")
     parser.add_argument("--min-budget", type=float, default=20.0,
                         help="smallest time budget of a trial, seconds")
@@ -175,22 +175,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="largest time budget of a trial, seconds (the ALC's T)")
     parser.add_argument("--resolutions", type=int, nargs="+", default=list(RESOLUTIONS))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--time", choices=TIME_MODES, default="wall", dest="time_mode",
-                        help="ALC time: wall-clock, or simulated from --cost-table")
-    parser.add_argument("--cost-table", type=Path, default=None,
-                        help="cost table for --time simulated (python -m offline profile)")
-    parser.add_argument("--scheduler", default=None,
-                        help="address of an existing Dask scheduler (default: a LocalCluster)")
-    parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                                                   "%(message)s")
+    check_run_arguments(parser, args)
+    setup_logging()
     backbones = args.backbones or available_backbones()
     missing = [b for b in backbones if b not in available_backbones()]
     if missing:
         parser.error(f"no weights for {missing} in pretrained/ (make pretrained)")
-    if args.time_mode == "simulated" and args.cost_table is None:
-        parser.error("--time simulated needs --cost-table")
     folders = [args.data_dir / name for name in args.datasets]
     absent = [f.name for f in folders if not (f / f"{f.name}.solution").is_file()]
     if absent:

@@ -9,7 +9,6 @@ SQLite store as BOHB's, so an interrupted run resumes and a repeated run costs n
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Sequence
@@ -19,10 +18,11 @@ import numpy as np
 from tqdm import tqdm
 
 from autodl_meta.config import GENERALIST, TrainConfig
-from ingestion_local.prepare import DEFAULT_OUT
+from offline.cli import (add_run_arguments, add_store_arguments, check_run_arguments,
+                         command_parser, emit_table, setup_logging)
 from offline.cluster import dask_client, run_all, threads_per_task
-from offline.evaluate import TIME_MODES, Evaluation, evaluate_task
-from offline.store import DEFAULT_STORE, ResultStore
+from offline.evaluate import Evaluation, evaluate_task
+from offline.store import ResultStore
 
 logger = logging.getLogger(__name__)
 
@@ -86,24 +86,17 @@ def cross_evaluate(store: ResultStore, client, data_dir: Path, datasets: Sequenc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m offline crosseval",
-                                     description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = command_parser("python -m offline crosseval", __doc__)
     parser.add_argument("--datasets", nargs="+", default=None,
                         help="datasets to evaluate on (default: those with an incumbent)")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    add_store_arguments(parser)
     parser.add_argument("--budget", type=float, default=180.0, help="time budget T, seconds")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--time", choices=TIME_MODES, default="wall", dest="time_mode")
-    parser.add_argument("--cost-table", type=Path, default=None)
-    parser.add_argument("--scheduler", default=None,
-                        help="address of an existing Dask scheduler (default: a LocalCluster)")
-    parser.add_argument("--workers", type=int, default=2)
+    add_run_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="also write the matrix here")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                                                   "%(message)s")
+    check_run_arguments(parser, args)
+    setup_logging()
     with ResultStore(args.store) as store:
         datasets = args.datasets or sorted(store.best_incumbents())
         if not datasets:
@@ -112,10 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             matrix = cross_evaluate(store, client, args.data_dir, datasets, args.budget,
                                     args.seeds, args.time_mode, args.cost_table)
         table = markdown_matrix(list(candidate_configs(store)), datasets, matrix)
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+    emit_table(table, args.out)
     return 0
 
 

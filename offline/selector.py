@@ -18,7 +18,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -33,10 +32,10 @@ from autodl_meta.fingerprint import FINGERPRINT_BATCH, FINGERPRINT_RESOLUTION, F
 from autodl_meta.data import DatasetReader
 from autodl_meta.selector import MetaClassifier, build, save_selector
 from ingestion_local import AutoDLDataset
-from ingestion_local.prepare import DEFAULT_OUT
+from offline.cli import add_store_arguments, command_parser, setup_logging
 from offline.crosseval import GENERALIST_NAME, alc_matrix, candidate_configs
 from offline.evaluate import dataset_paths
-from offline.store import DEFAULT_STORE, ResultStore
+from offline.store import ResultStore
 
 logger = logging.getLogger(__name__)
 
@@ -161,13 +160,10 @@ def choose(held_out: list[HeldOut], kinds: Sequence[str]) -> tuple[str, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m offline selector",
-                                     description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = command_parser("python -m offline selector", __doc__)
     parser.add_argument("--datasets", nargs="+", default=None,
                         help="known datasets (default: those with an incumbent in the store)")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    add_store_arguments(parser)
     parser.add_argument("--budget", type=float, default=180.0,
                         help="the cross-evaluation budget whose ALCs price the selections")
     parser.add_argument("--seed", type=int, default=0)
@@ -177,8 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="random meta-test batches per dataset and batch size")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                                                   "%(message)s")
+    setup_logging()
     out = args.store.parent
     with ResultStore(args.store) as store:
         datasets = args.datasets or sorted(store.best_incumbents())

@@ -9,9 +9,10 @@ from offline.bench import run_bench
 @pytest.mark.slow
 def test_bench_reports_submission_and_baseline(small_image_dataset, tmp_path):
     rows = run_bench([small_image_dataset.name], small_image_dataset.parent, 20, tmp_path)
-    assert [r.model for r in rows] == ["submission", "linear"]
-    submission, linear = rows
-    assert submission.success and linear.success
+    assert [r.model for r in rows] == ["submission", "generalist", "linear"]
+    submission, generalist, linear = rows
+    assert submission.success and generalist.success and linear.success
+    assert generalist.selected == "-"  # AUTODL_META_LEARNING=0 reached the submission
     assert submission.backbone == "efficientnet-lite0"
     assert submission.predictions >= 1 and submission.first_prediction < 20
     assert 0 < submission.alc <= 1 and 0 < submission.final_nauc <= 1

@@ -1,0 +1,52 @@
+"""Arguments and output shared by the offline commands, so each states them once."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ingestion_local.prepare import DEFAULT_OUT
+from offline.evaluate import TIME_MODES
+from offline.store import DEFAULT_STORE
+
+
+def command_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A parser whose description is the first paragraph of the module's docstring."""
+    return argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_OUT,
+                        help="folder of prepared AutoDL datasets")
+    parser.add_argument("--store", type=Path, default=DEFAULT_STORE,
+                        help="SQLite result store; reused to resume")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """How evaluations are timed and where they run."""
+    parser.add_argument("--time", choices=TIME_MODES, default="wall", dest="time_mode",
+                        help="ALC time: wall-clock, or simulated from --cost-table")
+    parser.add_argument("--cost-table", type=Path, default=None,
+                        help="cost table for --time simulated (python -m offline profile)")
+    parser.add_argument("--scheduler", default=None,
+                        help="address of an existing Dask scheduler (default: a LocalCluster)")
+    parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
+
+
+def check_run_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.time_mode == "simulated" and args.cost_table is None:
+        parser.error("--time simulated needs --cost-table")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def emit_table(table: str, out: Path | None) -> None:
+    """Print a markdown table, and write it to `out` when given."""
+    print(table)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table + "\n")

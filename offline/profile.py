@@ -1,0 +1,269 @@
+"""Measure the cost table: seconds per training step and per predicted image, per shape.
+
+    python -m offline profile [--backbones efficientnet-lite0 ...] [--resolutions 32 64 96 128]
+                              [--batch-sizes 16 32 64 128] [--out metadata/cost_table.json]
+
+Times the runtime's own network (FeatureExtractor + Classifier, 10 classes, dropout 0.2) on
+random images: a training step as the trainer takes it (SGD, cross-entropy, gradient clipping;
+mixed precision on CUDA) and an eval-mode forward at the trainer's prediction batch. Each cost is
+the fastest of --repeats timed runs after one warm-up run: other work on a shared machine only
+ever adds time, so the minimum is the most faithful reading. Entries already in --out for the same
+device are kept and the file is rewritten after every measurement, so an interrupted run goes on
+where it stopped; --force measures again.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import date
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from autodl_meta.backbones import ZOO, Classifier, FeatureExtractor, available_backbones
+from autodl_meta.config import GENERALIST
+from autodl_meta.costs import CostEntry, CostTable, CostTableError
+from autodl_meta.trainer import GRADIENT_CLIP_NORM, PREDICT_BATCH
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO_ROOT / "metadata" / "cost_table.json"
+NUM_CLASSES = 10
+
+
+class ProfileError(RuntimeError):
+    """The profile cannot run as asked (e.g. --out holds another device's table)."""
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_description(device: torch.device, threads: int) -> str:
+    """The device string of a table: costs from different ones must never be mixed."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {_cpu_name()}, {threads} threads"
+
+
+def _fastest_seconds(run: Callable[[], None], repeats: int, device: torch.device) -> float:
+    """Shortest wall time of `run` over `repeats` calls after one warm-up call."""
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    run()
+    times = []
+    for _ in range(repeats):
+        # CUDA runs asynchronously: without synchronising, the clock would stop at the launch.
+        synchronize()
+        began = time.perf_counter()
+        run()
+        synchronize()
+        times.append(time.perf_counter() - began)
+    return min(times)
+
+
+def time_train_step(model: Classifier, resolution: int, batch_size: int, repeats: int,
+                    device: torch.device) -> float:
+    """Seconds of one training step, taken as `Trainer.train_for` takes it."""
+    use_amp = device.type == "cuda"
+    # The update costs the same whatever the learning rates, so one group stands for the
+    # trainer's two (head and backbone).
+    optimizer = torch.optim.SGD(model.parameters(), lr=GENERALIST.learning_rate, momentum=0.9,
+                                nesterov=True, weight_decay=1e-6)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(resolution * 1000 + batch_size)
+    images = torch.rand(batch_size, 3, resolution, resolution, generator=generator).to(device)
+    labels = torch.randint(0, NUM_CLASSES, (batch_size,), generator=generator)
+    # One-hot float targets, as the trainer passes them.
+    targets = nn.functional.one_hot(labels, NUM_CLASSES).float().to(device)
+    model.train()
+    # The trainer keeps BatchNorm in eval mode while fine-tuning, which changes its cost.
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+    def step() -> None:
+        with torch.autocast(device.type, enabled=use_amp):
+            loss = loss_fn(model(images).float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), GRADIENT_CLIP_NORM)
+        scaler.step(optimizer)
+        scaler.update()
+
+    return _fastest_seconds(step, repeats, device)
+
+
+def time_predict(model: Classifier, resolution: int, repeats: int,
+                 device: torch.device) -> float:
+    """Seconds per image of an eval-mode forward at the trainer's prediction batch, halved
+    until it fits in GPU memory."""
+    model.eval()
+    batch_size = PREDICT_BATCH
+    while True:
+        images = torch.rand(batch_size, 3, resolution, resolution,
+                            generator=torch.Generator().manual_seed(resolution)).to(device)
+
+        @torch.no_grad()
+        def forward(images: torch.Tensor = images) -> None:
+            with torch.autocast(device.type, enabled=device.type == "cuda"):
+                model(images)
+
+        try:
+            return _fastest_seconds(forward, repeats, device) / batch_size
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+        # Outside the handler, so that the failed forward's tensors are released first.
+        torch.cuda.empty_cache()
+        batch_size //= 2
+        logger.warning("prediction at %d px does not fit; trying batch %d", resolution,
+                       batch_size)
+
+
+def _busy(device: torch.device, threads: int) -> bool:
+    """Whether other processes compete for the CPU: then threads wait for each other at every
+    parallel region and CPU timings grow several-fold. The 1-minute load average counts our own
+    threads and lags, so this is a hint, not a measurement."""
+    return device.type == "cpu" and os.getloadavg()[0] > threads + 0.5
+
+
+def run_profile(backbones: Sequence[str], resolutions: Sequence[int],
+                batch_sizes: Sequence[int], repeats: int, out: Path, device: torch.device,
+                threads: int, force: bool = False) -> tuple[CostTable, int]:
+    """Measure the shapes missing from `out` (all of them with `force`), rewriting `out` after
+    each; return the table and the number of entries measured."""
+    torch.set_num_threads(threads)
+    name = device_description(device, threads)
+    table = CostTable.load(out) if out.is_file() else None
+    if table is not None and table.device != name:
+        if not force:
+            raise ProfileError(f"{out} holds costs measured on {table.device!r}, not {name!r}; "
+                               f"choose another --out, or --force to replace it")
+        table = None
+    table = table or CostTable(name, date.today().isoformat(), [])
+    pending = [(backbone, resolution, batch_size) for backbone in backbones
+               for resolution in resolutions for batch_size in batch_sizes
+               if force or table.find(backbone, resolution, batch_size) is None]
+    logger.info("%s: %d entries to measure, %d kept, on %s", out, len(pending),
+                len(table.entries), name)
+    measured = busy = 0
+    with logging_redirect_tqdm(), tqdm(total=len(pending), desc="profile", unit="entry") as bar:
+        for backbone in dict.fromkeys(b for b, _, _ in pending):
+            model = Classifier(FeatureExtractor(backbone, in_channels=3), NUM_CLASSES,
+                               dropout=0.2).to(device)
+            # Prediction does not depend on the training batch size: measured once per
+            # resolution, or taken from an entry already measured on this device.
+            predict: dict[int, float] = {}
+            if not force:
+                predict = {e.resolution: e.predict_seconds_per_example for e in table.entries
+                           if e.backbone == backbone}
+            for _, resolution, batch_size in (p for p in pending if p[0] == backbone):
+                bar.set_postfix_str(f"{backbone} {resolution} px, batch {batch_size}")
+                busy += _busy(device, threads)
+                train = time_train_step(model, resolution, batch_size, repeats, device)
+                if resolution not in predict:
+                    predict[resolution] = time_predict(model, resolution, repeats, device)
+                table.put(CostEntry(backbone, resolution, batch_size, train, predict[resolution]))
+                table.save(out)
+                measured += 1
+                logger.info("%s %d px, batch %d: train step %.4f s, predict %.3f ms per image",
+                            backbone, resolution, batch_size, train,
+                            1000 * predict[resolution])
+                bar.update()
+            # Free one backbone's weights and optimiser state before building the next.
+            del model
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    if busy:
+        logger.warning("%d of %d entries were measured while other processes were using the "
+                       "CPU, so their times are inflated (often several-fold); measure again "
+                       "with --force on a quiet machine", busy, measured)
+    return table, measured
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _resolution(text: str) -> int:
+    value = int(text)
+    # The same rule as TrainConfig: EfficientNet-Lite pads statically, so sides must stay even
+    # down to stride 16.
+    if value < 32 or value % 16:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 16 from 32 up, got {text}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m offline profile",
+                                     description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 2)[2],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbones", nargs="+", choices=sorted(ZOO), metavar="BACKBONE",
+                        default=None,
+                        help="backbones to time (default: those with weights in pretrained/: "
+                             f"{' '.join(available_backbones()) or 'none'})")
+    parser.add_argument("--resolutions", nargs="+", type=_resolution, metavar="PX",
+                        default=[32, 64, 96, 128],
+                        help="image sides in pixels (default: %(default)s)")
+    parser.add_argument("--batch-sizes", nargs="+", type=_positive, metavar="N",
+                        default=[16, 32, 64, 128],
+                        help="training batch sizes (default: %(default)s)")
+    parser.add_argument("--repeats", type=_positive, default=3, metavar="N",
+                        help="timed runs per entry after one warm-up run; the fastest is kept "
+                             "(default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="the table, read to resume and rewritten after every entry "
+                             "(default: metadata/cost_table.json)")
+    parser.add_argument("--threads", type=_positive, default=os.cpu_count() or 1, metavar="N",
+                        help="torch threads (default: all cores, %(default)s)")
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where to time (default: %(default)s)")
+    parser.add_argument("--force", action="store_true",
+                        help="measure again entries that --out already holds")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available")
+    backbones = args.backbones or available_backbones()
+    missing = [b for b in backbones if b not in available_backbones()]
+    if missing or not backbones:
+        parser.error(f"no weights in pretrained/ for: {' '.join(missing) or 'any backbone'}")
+    began = time.monotonic()
+    try:
+        table, measured = run_profile(backbones, args.resolutions, args.batch_sizes,
+                                      args.repeats, args.out, torch.device(args.device),
+                                      args.threads, args.force)
+    except (CostTableError, ProfileError) as err:
+        logger.error("%s", err)
+        return 1
+    print(f"{args.out}: {len(table.entries)} entries, {measured} measured in "
+          f"{time.monotonic() - began:.0f} s on {table.device}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
