@@ -30,7 +30,7 @@ def dask_client(scheduler: str | None = None, workers: int = 2) -> Iterator[Clie
             client.close()
         return
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, host="127.0.0.1",
-                           processes=True, dashboard_address=None)
+                           processes=True, dashboard_address="127.0.0.1:0")
     client = Client(cluster)
     logger.info("local Dask cluster on 127.0.0.1 with %d workers", workers)
     try:
