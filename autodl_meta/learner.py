@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from autodl_meta.backbones import available_backbones
-from autodl_meta.config import TrainConfig
+from autodl_meta.config import GENERALIST, TrainConfig
 from autodl_meta.data import DatasetReader
 from autodl_meta.fingerprint import Fingerprinter, read_fingerprint_batch
 from autodl_meta.metadata import METADATA_DIR, MetaData, MetadataError
@@ -168,7 +168,13 @@ class Learner:
 
     # -- stages -------------------------------------------------------------------------------
     def _first_train(self, dataset) -> None:
-        if self.fingerprinter is not None:
+        if self.meta.configs and not self.meta.serves(self.policy.time_budget):
+            # Configs tuned for another budget can do worse than the default (measured: 30-s
+            # configs on moving_mnist at 300 s); they wait for a search at this scale.
+            self.config = self._usable(GENERALIST)
+            logger.info("metadata/ configs were tuned for a %.0f s budget, this run has %.0f s: "
+                        "default config", self.meta.tuned_budget, self.policy.time_budget)
+        elif self.fingerprinter is not None:
             self._select_config(dataset)
         self.resolution = effective_resolution(self.metadata, self.config.resolution)
         self.frames = self.config.test_frames if self.is_video else 1

@@ -1,7 +1,8 @@
 """The shipped artifacts in `metadata/`, produced by `python -m offline export`, validated on load.
 
     metadata/configs.json     the generalist config, one config per known dataset, the
-                              selector's confidence threshold and the fingerprint transform
+                              selector's confidence threshold, the fingerprint transform and
+                              the time budget the configs were tuned for
     metadata/selector.npz     the meta-classifier (autodl_meta.selector)
     metadata/cost_table.json  forward+backward times per backbone and shape (autodl_meta.costs)
     metadata/provenance.json  how the files were made: datasets, commands, commit, date, scale
@@ -17,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from autodl_meta.config import GENERALIST, ConfigError, TrainConfig
+
+# Configs tuned for a budget T serve runs whose budget is within this factor of T: the best
+# resolution, learning rate and batch size for the first 30 s of a run are not those for 20 min.
+BUDGET_FACTOR = 3.0
 from autodl_meta.fingerprint import (FINGERPRINT_BACKBONE, FINGERPRINT_BATCH,
                                      FINGERPRINT_RESOLUTION)
 from autodl_meta.selector import MetaClassifier, SelectorError, load_selector
@@ -46,11 +51,16 @@ class MetaData:
     configs: dict[str, TrainConfig] = field(default_factory=dict)
     selector: MetaClassifier | None = None
     min_confidence: float = 0.0
+    tuned_budget: float = 1200.0  # seconds: the time budget the configs were tuned for
+
+    def serves(self, time_budget: float) -> bool:
+        """Whether the meta-learned configs were tuned for a budget close to `time_budget`."""
+        return self.tuned_budget / BUDGET_FACTOR <= time_budget <= self.tuned_budget * BUDGET_FACTOR
 
     def to_json(self) -> dict[str, Any]:
         """The contents of configs.json."""
         return {"generalist": self.generalist.to_dict(), "min_confidence": self.min_confidence,
-                "fingerprint": fingerprint_spec(),
+                "tuned_budget": self.tuned_budget, "fingerprint": fingerprint_spec(),
                 "datasets": {name: config.to_dict() for name, config in self.configs.items()}}
 
     @classmethod
@@ -60,7 +70,7 @@ class MetaData:
         if not path.is_file():
             return cls()
         values = _read_json(path)
-        for name in ("generalist", "min_confidence", "fingerprint", "datasets"):
+        for name in ("generalist", "min_confidence", "tuned_budget", "fingerprint", "datasets"):
             if name not in values:
                 raise MetadataError(f"{path}: missing field '{name}'")
         if values["fingerprint"] != fingerprint_spec():
@@ -69,6 +79,11 @@ class MetaData:
         confidence = values["min_confidence"]
         if not isinstance(confidence, (int, float)) or not 0.0 <= confidence <= 1.0:
             raise MetadataError(f"{path}: field 'min_confidence' must be in [0, 1]")
+        tuned_budget = values["tuned_budget"]
+        if isinstance(tuned_budget, bool) or not isinstance(tuned_budget, (int, float)) \
+                or not tuned_budget > 0:
+            raise MetadataError(f"{path}: field 'tuned_budget' must be a positive number of "
+                                f"seconds")
         if not isinstance(values["datasets"], dict):
             raise MetadataError(f"{path}: field 'datasets' must be an object")
         try:
@@ -88,7 +103,7 @@ class MetaData:
             if missing:
                 raise MetadataError(f"{path}: field 'datasets' has no config for {missing}, "
                                     f"which {selector_path} can select")
-        return cls(generalist, configs, selector, float(confidence))
+        return cls(generalist, configs, selector, float(confidence), float(tuned_budget))
 
 
 def read_provenance(folder: Path = METADATA_DIR) -> dict[str, Any]:

@@ -54,6 +54,7 @@ HEADER = ("| dataset | model | ALC | final NAUC | first prediction (s) | last pr
           "|---|---|---|---|---|---|---|---|---|---|")
 CONFIG_LINE = "autodl_meta: config "
 SELECTED_LINE = "autodl_meta: selected "
+UNSURE_LINE = "autodl_meta: selector unsure (closest "
 
 
 def _row(dataset: str, model: str, result: LocalTestResult) -> BenchRow:
@@ -68,6 +69,9 @@ def _row(dataset: str, model: str, result: LocalTestResult) -> BenchRow:
                 backbone = json.loads(line.split(CONFIG_LINE, 1)[1])["backbone"]
             elif SELECTED_LINE in line:
                 selected = line.split(SELECTED_LINE, 1)[1].split()[0]
+            elif UNSURE_LINE in line:  # "closest NAME, confidence C < T, ..."
+                closest, confidence = line.split(UNSURE_LINE, 1)[1].split(",")[:2]
+                selected = f"generalist (unsure: {closest} {confidence.split()[1]})"
     return BenchRow(dataset, model, result.alc or 0.0, naucs[-1] if naucs else 0.0,
                     timestamps[0] if timestamps else float("nan"), len(timestamps),
                     result.ingestion_success, timestamps[-1] if timestamps else float("nan"),

@@ -55,7 +55,7 @@ def export(store_path: Path, out: Path, budget: float, seed: int, commands: list
                 float(np.nanmean(matrix[names.index(generalist)])))
     meta = MetaData(generalist=configs[generalist],
                     configs={name: incumbents[name].config for name in datasets},
-                    min_confidence=float(report["min_confidence"]))
+                    min_confidence=float(report["min_confidence"]), tuned_budget=budget)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(selector_dir / "selector.npz", out / SELECTOR_FILE)
     (out / CONFIGS_FILE).write_text(json.dumps(meta.to_json(), indent=1, sort_keys=True) + "\n")

@@ -43,6 +43,8 @@ def test_a_valid_folder_loads_and_an_empty_one_means_generalist(metadata_dir, tm
 @pytest.mark.parametrize("change,message", [
     (lambda v: v.pop("generalist"), r"configs.json: missing field 'generalist'"),
     (lambda v: v.update(min_confidence=2), r"configs.json: field 'min_confidence'"),
+    (lambda v: v.update(tuned_budget=-1), r"configs.json: field 'tuned_budget'"),
+    (lambda v: v.pop("tuned_budget"), r"configs.json: missing field 'tuned_budget'"),
     (lambda v: v["fingerprint"].update(resolution=128), r"configs.json: field 'fingerprint'"),
     (lambda v: v["datasets"]["b"].update(batch_size=48),
      r"configs.json: datasets.b: field 'batch_size'"),
@@ -80,3 +82,18 @@ def test_the_runtime_survives_a_broken_folder(metadata_dir, small_image_dataset,
     learner = Learner(train.get_metadata(), metadata_dir=metadata_dir)
     assert learner.config == GENERALIST and learner.fingerprinter is None
     assert any("configs.json: field 'fingerprint'" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize("budget,selects", [(60, True), (300, False)])
+def test_configs_serve_only_budgets_near_the_one_they_were_tuned_for(
+        metadata_dir, small_image_dataset, budget, selects):
+    from autodl_meta.learner import Learner
+    from ingestion_local import AutoDLDataset
+
+    edit(metadata_dir, lambda v: v.update(tuned_budget=30, min_confidence=0.0))
+    train = AutoDLDataset(small_image_dataset / "smalldigits.data" / "train")
+    learner = Learner(train.get_metadata(), metadata_dir=metadata_dir)
+    learner.train(train.get_dataset(), remaining_time_budget=budget)
+    assert (learner.selected in ("a", "b")) == selects
+    if not selects:
+        assert learner.config == GENERALIST
