@@ -92,7 +92,8 @@ def run_local_test(dataset_dir: str | Path, code_dir: str | Path, time_budget: f
         [sys.executable, "-m", "ingestion_local", f"--dataset_dir={dataset_dir}",
          f"--output_dir={prediction_dir}", f"--code_dir={code_dir}", f"--score_dir={score_dir}",
          f"--time_budget={time_budget}", *extra_ingestion_args],
-        env={**os.environ, **(env or {})}, stdout=logs["ingestion"], stderr=subprocess.STDOUT if capture_logs else None)
+        env={**os.environ, **(env or {})}, stdout=logs["ingestion"],
+        stderr=subprocess.STDOUT if capture_logs else None)
     scoring = subprocess.Popen(
         [sys.executable, "-m", "scoring_local", f"--solution_dir={dataset_dir}",
          f"--prediction_dir={prediction_dir}", f"--score_dir={score_dir}",

@@ -54,7 +54,8 @@ def markdown_matrix(names: Sequence[str], datasets: Sequence[str], matrix: np.nd
              "|---" * (len(datasets) + 2) + "|"]
     for name, row in zip(names, matrix):
         cells = " | ".join("-" if np.isnan(v) else f"{v:.3f}" for v in row)
-        lines.append(f"| {name} | {cells} | {np.nanmean(row) if np.isfinite(row).any() else 0:.3f} |")
+        mean = np.nanmean(row) if np.isfinite(row).any() else 0.0
+        lines.append(f"| {name} | {cells} | {mean:.3f} |")
     return "\n".join(lines)
 
 

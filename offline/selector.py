@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from autodl_meta.fingerprint import FINGERPRINT_BATCH, FINGERPRINT_RESOLUTION, Fingerprinter
-from autodl_meta.data import DatasetReader
+from autodl_meta.fingerprint import FINGERPRINT_BATCH, Fingerprinter, read_fingerprint_batch
 from autodl_meta.selector import MetaClassifier, build, save_selector
 from ingestion_local import AutoDLDataset
 from offline.cli import add_store_arguments, command_parser, setup_logging
@@ -58,14 +57,11 @@ def fingerprint_dataset(dataset_dir: Path, max_samples: int, cache: Path) -> Fin
     if path.is_file():
         with np.load(path) as arrays:
             return Fingerprints(arrays["train"], arrays["test"])
-    splits = {}
-    for split in ("train", "test"):
-        dataset = AutoDLDataset(data / split)
-        fingerprinter = Fingerprinter(dataset.get_metadata().get_num_channels())
-        reader = DatasetReader(dataset.get_dataset().take(max_samples), FINGERPRINT_RESOLUTION,
-                               frames=1)
-        reader.read_all()
-        splits[split] = fingerprinter.fingerprints(reader.images)
+    subsets = {split: AutoDLDataset(data / split) for split in ("train", "test")}
+    fingerprinter = Fingerprinter(subsets["train"].get_metadata().get_num_channels())
+    splits = {split: fingerprinter.fingerprints(
+                  read_fingerprint_batch(subset.get_dataset(), max_samples))
+              for split, subset in subsets.items()}
     cache.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".partial.npz")
     np.savez(temporary, **splits)
