@@ -132,14 +132,23 @@ class FeatureExtractor(nn.Module):
         return torch.flatten(network.avgpool(network.features(images)), 1)
 
 
-class Classifier(nn.Module):
-    """FeatureExtractor, dropout and a linear head; `head` may be fitted on frozen features."""
+MLP_HEAD_HIDDEN = 256
 
-    def __init__(self, extractor: FeatureExtractor, num_classes: int, dropout: float):
+
+class Classifier(nn.Module):
+    """FeatureExtractor, dropout and a head (linear, or an MLP with one hidden layer); `head`
+    may be fitted on frozen features."""
+
+    def __init__(self, extractor: FeatureExtractor, num_classes: int, dropout: float,
+                 mlp_head: bool = False):
         super().__init__()
         self.extractor = extractor
+        self.num_classes = num_classes
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(extractor.num_features, num_classes)
+        width = extractor.num_features
+        self.head = (nn.Sequential(nn.Linear(width, MLP_HEAD_HIDDEN), nn.ReLU(inplace=True),
+                                   nn.Linear(MLP_HEAD_HIDDEN, num_classes))
+                     if mlp_head else nn.Linear(width, num_classes))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.extractor(images)))

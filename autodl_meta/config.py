@@ -12,6 +12,11 @@ from typing import Any
 
 OPTIMIZERS = ("adam", "sgd")
 AUGMENTATIONS = ("none", "mixup", "cutmix")
+LOSSES = ("cross_entropy", "cosine")
+# Embedding learning of the backbone (autodl_meta/techniques.py); "none" trains it through the
+# classifier's loss. The Siamese ones (contrastive, triplet) classify with an MLP head.
+EMBEDDING_LOSSES = ("none", "supcon", "contrastive", "triplet")
+SIAMESE_LOSSES = ("contrastive", "triplet")
 BATCH_SIZES = (16, 32, 64, 128)
 
 
@@ -34,6 +39,14 @@ class TrainConfig:
     train_frames: int = 1         # video: frames sampled per clip for one training step
     test_frames: int = 4          # video: frames averaged per clip at test time
     flip_tta: bool = True
+    loss: str = "cross_entropy"   # of the classifier; cosine: 1 - cos(output, one-hot)
+    embedding_loss: str = "none"  # supcon / contrastive / triplet train the backbone instead
+    transductive_gnn: bool = False  # refine test predictions with a GCN over train + test
+
+    @property
+    def mlp_head(self) -> bool:
+        """Siamese embeddings are classified by an MLP head, the rest by a linear one."""
+        return self.embedding_loss in SIAMESE_LOSSES
 
     def __post_init__(self) -> None:
         self.validate()
@@ -50,11 +63,17 @@ class TrainConfig:
             ("augmentation_alpha", 0.0 < self.augmentation_alpha <= 10.0),
             ("train_frames", self.train_frames >= 1),
             ("test_frames", self.test_frames >= 1),
+            ("loss", self.loss in LOSSES),
+            ("embedding_loss", self.embedding_loss in EMBEDDING_LOSSES),
         ]
         for name, ok in checks:
             if not ok:
                 raise ConfigError(f"{source}: field '{name}' has invalid value "
                                   f"{getattr(self, name)!r}")
+        if self.embedding_loss != "none" and self.augmentation != "none":
+            raise ConfigError(f"{source}: field 'augmentation' must be 'none' with embedding_loss "
+                              f"{self.embedding_loss!r}: MixUp and CutMix blend the classes an "
+                              f"embedding loss needs")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from autodl_meta.fingerprint import Fingerprinter, read_fingerprint_batch
 from autodl_meta.metadata import METADATA_DIR, MetaData, MetadataError
 from autodl_meta.policy import TimePolicy
 from autodl_meta.quick import PixelRidge
+from autodl_meta.techniques import refine_with_gcn
 from autodl_meta.trainer import Trainer, pick_device
 from autodl_meta.validation import complement, nauc, split_validation
 
@@ -37,6 +39,9 @@ FIRST_READ_SECONDS = 4.0
 DEFAULT_TIME_BUDGET = 1200.0
 # Set to 0 (or off/false/no) to skip the dataset selection and run the generalist config.
 META_LEARNING_ENV = "AUTODL_META_LEARNING"
+GNN_TRAIN_NODES = 500        # labelled nodes of the transductive graph
+GNN_MAX_SHARE = 0.1          # of the time budget one refinement may take
+RECENT_PREDICTIONS = 3       # network predictions averaged when validation says it helps
 
 
 def meta_learning_enabled() -> bool:
@@ -89,11 +94,22 @@ class Learner:
         self.head_fitted = False
         self.validation = torch.empty(0, dtype=torch.long)
         self.best_validation = -np.inf
+        # Validation scores of the network state the next test() predicts with, and the
+        # (validation, test) scores of the recent accepted states.
+        self.accepted_validation: np.ndarray | None = None
+        self.recent: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=RECENT_PREDICTIONS)
         # Which model the next test() should use: "quick" (pixels), "head" (frozen features),
         # "network" (fine-tuned), or None to keep returning the last prediction.
         self.predict_with: str | None = None
         self.test_seconds = 0.0
         self.last_prediction: np.ndarray | None = None
+        self.use_gnn = self.config.transductive_gnn
+        self.gnn_train_nodes = torch.empty(0, dtype=torch.long)
+        self.gnn_train_features: torch.Tensor | None = None
+        self.pace_checked = False
+        # What a technique could not do as configured (too slow, unsuitable data): logged and
+        # kept, so that a benchmark can report it beside the score.
+        self.notes: list[str] = []
 
     @staticmethod
     def _load_metadata(folder: Path) -> MetaData:
@@ -134,6 +150,11 @@ class Learner:
         self.config = self._usable(self.meta.configs[name])
         logger.info("selected %s (confidence %.2f, %d samples, %.2f s)", name, confidence,
                     len(images), seconds)
+
+    def _note(self, message: str) -> None:
+        if message not in self.notes:
+            logger.warning("%s", message)
+            self.notes.append(message)
 
     # -- the platform's API -------------------------------------------------------------------
     def train(self, dataset, remaining_time_budget: float | None = None) -> None:
@@ -178,6 +199,7 @@ class Learner:
             self._select_config(dataset)
         self.resolution = effective_resolution(self.metadata, self.config.resolution)
         self.frames = self.config.test_frames if self.is_video else 1
+        self.use_gnn = self.config.transductive_gnn
         logger.info("config %s", json.dumps(self.config.to_dict(), sort_keys=True))
         logger.info("backbone %s at %d px on %s, %d classes, %s", self.config.backbone,
                     self.resolution, self.device, self.output_dim,
@@ -189,8 +211,13 @@ class Learner:
                                seconds=FIRST_READ_SECONDS)
         labels = self.train_reader.labels
         self.trainer.set_multilabel(bool((labels.sum(1) > 1).any()))
+        if self.config.embedding_loss != "none" and self.trainer.multilabel:
+            self._note(f"embedding_loss {self.config.embedding_loss} needs one class per "
+                       f"example; on this multilabel data the backbone trains with the "
+                       f"classifier's loss")
         self.validation = split_validation(len(labels))
         train = complement(self.validation, len(labels))
+        self.gnn_train_nodes = self._graph_nodes(train)
         self.quick = PixelRidge().fit(self.train_reader.images[train], labels[train])
         self.predict_with = "quick"
         logger.info("pixel model fitted on %d examples at %.1f s", len(train),
@@ -202,6 +229,8 @@ class Learner:
         train = complement(self.validation, len(labels))
         features = self.trainer.features(images)
         self.trainer.fit_head(features[train], labels[train])
+        if self.use_gnn:
+            self.gnn_train_features = features[self.gnn_train_nodes]
         self.head_fitted = True
         self.predict_with = "head"
         if len(self.validation):
@@ -223,20 +252,59 @@ class Learner:
         train = complement(self.validation, self.train_reader.count)
         images, labels = self.train_reader.images, self.train_reader.labels
         steps = self.trainer.train_for(images, labels, max(slice_seconds, 0.5), indices=train)
-        score = self._validate(images, labels)
+        # The network moved: the graph's labelled nodes are embedded again, from all decoded.
+        self.gnn_train_features = None
+        self.gnn_train_nodes = self._graph_nodes(train)
+        self._check_embedding_pace()
+        score, validation_scores = self._validate(images, labels)
         logger.info("fine-tuned %d steps on %d examples (validation NAUC %.4f, best %.4f); "
                     "%.1f s left", steps, len(train), score, self.best_validation,
                     self.policy.remaining())
         if score >= self.best_validation:
             self.best_validation = score
+            self.accepted_validation = validation_scores
             self.predict_with = "network"
 
-    def _validate(self, images: torch.Tensor, labels: torch.Tensor) -> float:
-        """The fine-tuned network's validation NAUC; +inf without a validation set."""
+    def _graph_nodes(self, train: torch.Tensor) -> torch.Tensor:
+        """Up to GNN_TRAIN_NODES training examples, the labelled nodes of the GCN's graph."""
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed))
+        return train[order[:GNN_TRAIN_NODES]]
+
+    def _check_embedding_pace(self) -> None:
+        """After the first slice: say when the budget leaves an embedding loss too few steps."""
+        if self.pace_checked:
+            return
+        self.pace_checked = True
+        note = self.trainer.embedding_pace_note(self.policy.remaining())
+        if note:
+            self._note(note)
+
+    def _validate(self, images: torch.Tensor, labels: torch.Tensor
+                  ) -> tuple[float, np.ndarray | None]:
+        """The fine-tuned network's validation NAUC (+inf without a validation set) and its
+        validation scores."""
         if not len(self.validation):
-            return np.inf
+            return np.inf, None
         scores = self.trainer.predict(images[self.validation], flip=False)
-        return nauc(labels[self.validation].numpy(), scores)
+        return nauc(labels[self.validation].numpy(), scores), scores
+
+    def _average_recent(self, prediction: np.ndarray) -> np.ndarray:
+        """`prediction`, or its average with the recent network predictions when the same
+        average of their validation scores beats the latest state's (snapshot averaging, as
+        the AutoDL winners did; used only where validation says it helps)."""
+        if self.accepted_validation is None:
+            return prediction
+        self.recent.append((self.accepted_validation, prediction))
+        if len(self.recent) < 2:
+            return prediction
+        truth = self.train_reader.labels[self.validation].numpy()
+        latest = nauc(truth, self.accepted_validation)
+        averaged = nauc(truth, np.mean([validation for validation, _ in self.recent], axis=0))
+        if averaged <= latest:
+            return prediction
+        logger.info("averaging the last %d network predictions (validation NAUC %.4f, latest "
+                    "alone %.4f)", len(self.recent), averaged, latest)
+        return np.mean([test for _, test in self.recent], axis=0)
 
     def _predict(self, dataset) -> np.ndarray:
         if self.test_reader is None:
@@ -246,15 +314,39 @@ class Learner:
         if use == "quick":
             return self.quick.predict(self.test_reader.images)
         if use == "network":
-            return self.trainer.predict(self.test_reader.images)
+            if self.use_gnn:
+                prediction = self._refine(
+                    *self.trainer.predict_with_features(self.test_reader.images))
+            else:
+                prediction = self.trainer.predict(self.test_reader.images)
+            return self._average_recent(prediction)
         if use == "head" or self.last_prediction is None:
             began = time.monotonic()
             features = self.trainer.features(self.test_reader.images)
             # A network prediction costs a feature pass per TTA view; expect it from now on.
             views = 2 if self.config.flip_tta else 1
             self.test_seconds = max(self.test_seconds, views * (time.monotonic() - began))
-            return self.trainer.predict_from_features(features)
+            prediction = self.trainer.predict_from_features(features)
+            return self._refine(prediction, features) if self.use_gnn else prediction
         return self.last_prediction
+
+    def _refine(self, prediction: np.ndarray, test_features: torch.Tensor) -> np.ndarray:
+        """The transductive step: average `prediction` with a GCN's scores over the current
+        embeddings of labelled training and unlabelled test examples."""
+        began = time.monotonic()
+        if self.gnn_train_features is None:
+            self.gnn_train_features = self.trainer.features(
+                self.train_reader.images[self.gnn_train_nodes])
+        refined = refine_with_gcn(prediction, self.gnn_train_features,
+                                  self.train_reader.labels[self.gnn_train_nodes], test_features,
+                                  self.trainer.multilabel, self.seed)
+        seconds = time.monotonic() - began
+        if seconds > GNN_MAX_SHARE * self.policy.time_budget:
+            self.use_gnn = False
+            self._note(f"transductive_gnn took {seconds:.1f} s, more than "
+                       f"{GNN_MAX_SHARE:.0%} of the {self.policy.time_budget:.0f}-s budget: "
+                       f"switched off for the rest of the run")
+        return refined
 
     def _count(self, dataset) -> int:
         if self.test_reader is not None and self.test_reader.exhausted:

@@ -3,6 +3,11 @@
 Images come as uint8 `[n, frames, channel, h, w]` (see data.py). Training samples one frame per
 clip and step; prediction averages the class scores over the frames (Eq. 2 of the paper) and,
 optionally, over a horizontal flip.
+
+The config picks the low-data techniques (autodl_meta/techniques.py): MixUp/CutMix, the cosine
+loss, or an embedding loss (supervised contrastive, Siamese contrastive or triplet) that trains
+the backbone through a projection while the head learns from the detached features: the head
+follows the embedding as it forms, so a prediction is ready after every slice.
 """
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from torch import nn
 
 from autodl_meta.backbones import Classifier, FeatureExtractor
 from autodl_meta.config import TrainConfig
+from autodl_meta.techniques import (EMBEDDING_LOSSES, class_balanced_batch, cosine_loss,
+                                    cosine_scores, group_by_class, projection_head)
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +30,9 @@ HEAD_LBFGS_STEPS = 60
 PREDICT_BATCH = 256
 BACKBONE_LR_SCALE = 0.1
 GRADIENT_CLIP_NORM = 2.0
+# Rule of thumb: an embedding loss that gets fewer training steps than this trails plain
+# cross-entropy, and a run says so.
+EMBEDDING_MIN_STEPS = 300
 
 
 def pick_device() -> torch.device:
@@ -42,7 +52,10 @@ class Trainer:
         self.device = device or pick_device()
         self.generator = torch.Generator().manual_seed(seed)
         extractor = FeatureExtractor(config.backbone, in_channels)
-        self.model = Classifier(extractor, num_classes, config.dropout).to(self.device)
+        self.model = Classifier(extractor, num_classes, config.dropout,
+                                mlp_head=config.mlp_head).to(self.device)
+        self.projection = (projection_head(extractor.num_features).to(self.device)
+                           if config.embedding_loss != "none" else None)
         self.optimizer: torch.optim.Optimizer | None = None
         self.set_multilabel(multilabel)
         self.use_amp = self.device.type == "cuda"
@@ -55,6 +68,28 @@ class Trainer:
         """Sigmoid outputs and binary cross-entropy per class, or softmax and cross-entropy."""
         self.multilabel = multilabel
         self.loss_fn = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss()
+
+    @property
+    def embedding_active(self) -> bool:
+        """Whether fine-tuning trains an embedding (it needs one class per example)."""
+        return self.projection is not None and not self.multilabel
+
+    def embedding_pace_note(self, remaining_seconds: float) -> str | None:
+        """After some training: a warning when the embedding loss will get fewer than
+        EMBEDDING_MIN_STEPS steps in `remaining_seconds` at the measured pace, else None."""
+        if not self.embedding_active or self.step_seconds is None:
+            return None
+        expected = self.steps + max(remaining_seconds, 0.0) / self.step_seconds
+        if expected >= EMBEDDING_MIN_STEPS:
+            return None
+        return (f"embedding_loss {self.config.embedding_loss}: about {expected:.0f} training "
+                f"steps fit in this budget, it needs about {EMBEDDING_MIN_STEPS} to pay off; "
+                f"expect it to trail plain cross-entropy")
+
+    def _classifier_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.config.loss == "cosine":
+            return cosine_loss(logits, targets)
+        return self.loss_fn(logits, targets)  # one-hot (or mixed) float targets suit both
 
     @torch.no_grad()
     def _per_clip(self, images: torch.Tensor, frame_fn) -> torch.Tensor:
@@ -85,7 +120,9 @@ class Trainer:
 
         def closure():
             optimizer.zero_grad()
-            loss = self.loss_fn(head(features), targets) + HEAD_L2 * head.weight.square().sum()
+            penalty = sum(p.square().sum() for name, p in head.named_parameters()
+                          if name.endswith("weight"))
+            loss = self.loss_fn(head(features), targets) + HEAD_L2 * penalty
             loss.backward()
             return loss
 
@@ -98,6 +135,8 @@ class Trainer:
         head = list(self.model.head.parameters())
         head_ids = {id(p) for p in head}
         backbone = [p for p in self.model.parameters() if id(p) not in head_ids]
+        if self.projection is not None:
+            head += list(self.projection.parameters())  # new layers learn at the head's rate
         lr = self.config.learning_rate
         groups = [{"params": head, "lr": lr}, {"params": backbone, "lr": lr * BACKBONE_LR_SCALE}]
         if self.config.optimizer == "adam":
@@ -133,6 +172,12 @@ class Trainer:
         pool = indices if indices is not None else torch.arange(len(images))
         if self.optimizer is None:
             self.optimizer = self._make_optimizer()
+        by_class = ([pool[group] for group in group_by_class(labels[pool])]
+                    if self.embedding_active else [])
+        parameters = list(self.model.parameters())
+        if self.projection is not None:
+            parameters += list(self.projection.parameters())
+            self.projection.train()
         self.model.train()
         # BatchNorm keeps its ImageNet statistics: re-estimating them from small batches of
         # unfamiliar images (grayscale, upscaled) wrecks the pretrained features at first.
@@ -145,19 +190,22 @@ class Trainer:
         taken = 0
         while taken == 0 or time.monotonic() + (self.step_seconds or 0) < deadline:
             began = time.monotonic()
-            index = pool[torch.randint(0, len(pool), (batch_size,), generator=self.generator)]
-            frame = torch.randint(0, images.shape[1], (batch_size,), generator=self.generator)
+            if by_class:
+                index = class_balanced_batch(by_class, batch_size, self.generator)
+            else:
+                index = pool[torch.randint(0, len(pool), (batch_size,),
+                                           generator=self.generator)]
+            frame = torch.randint(0, images.shape[1], (len(index),), generator=self.generator)
             batch = to_float(images[index, frame], self.device)
             targets = labels[index].to(self.device)
             batch, targets = self._augment(batch, targets)
             with torch.autocast(self.device.type, enabled=self.use_amp):
-                logits = self.model(batch)
-                # One-hot (or mixed) float targets suit both losses.
-                loss = self.loss_fn(logits.float(), targets)
+                loss = (self._embedding_step_loss(batch, targets) if by_class
+                        else self._classifier_loss(self.model(batch).float(), targets))
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), GRADIENT_CLIP_NORM)
+            nn.utils.clip_grad_norm_(parameters, GRADIENT_CLIP_NORM)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             elapsed = time.monotonic() - began
@@ -168,21 +216,47 @@ class Trainer:
         self.train_seconds += time.monotonic() - started
         return taken
 
+    def _embedding_step_loss(self, batch: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The embedding loss for the backbone, plus the classifier's loss for the head on
+        detached features (the head must not pull the embedding)."""
+        features = self.model.extractor(batch)
+        embeddings = nn.functional.normalize(self.projection(features).float(), dim=1)
+        embedding_loss = EMBEDDING_LOSSES[self.config.embedding_loss](embeddings,
+                                                                      targets.argmax(1))
+        logits = self.model.head(self.model.dropout(features.detach())).float()
+        return embedding_loss + self._classifier_loss(logits, targets)
+
     # -- prediction ---------------------------------------------------------------------------
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class scores of the head fitted by fit_head (cross-entropy)."""
         return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
+
+    def network_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class scores of the fine-tuned network, as its loss defines them."""
+        if self.config.loss == "cosine":
+            return cosine_scores(logits)
+        return self.scores(logits)
 
     def predict(self, images: torch.Tensor, flip: bool | None = None) -> np.ndarray:
         """Class scores per clip: averaged over frames, and over a flip when `flip`."""
+        return self.predict_with_features(images, flip)[0]
+
+    def predict_with_features(self, images: torch.Tensor, flip: bool | None = None
+                              ) -> tuple[np.ndarray, torch.Tensor]:
+        """`predict`, and the features of the unflipped images from the same pass."""
         flip = self.config.flip_tta if flip is None else flip
+        classes = self.model.num_classes
 
-        def frame_scores(frames: torch.Tensor) -> torch.Tensor:
-            scores = self.scores(self.model(frames).float())
+        def frame_rows(frames: torch.Tensor) -> torch.Tensor:
+            features = self.model.extractor(frames)
+            scores = self.network_scores(self.model.head(features).float())
             if flip:
-                scores = (scores + self.scores(self.model(frames.flip(3)).float())) / 2
-            return scores
+                flipped = self.model(frames.flip(3)).float()
+                scores = (scores + self.network_scores(flipped)) / 2
+            return torch.cat([scores, features.float()], dim=1)
 
-        return self._per_clip(images, frame_scores).numpy()
+        rows = self._per_clip(images, frame_rows)
+        return rows[:, :classes].numpy(), rows[:, classes:]
 
     @torch.no_grad()
     def predict_from_features(self, features: torch.Tensor) -> np.ndarray:

@@ -14,6 +14,8 @@ COMMANDS = {
                                      "meta-classifiers"),
     "export": ("offline.export", "write metadata/ from the store and the selector"),
     "report": ("offline.report", "plots and a markdown summary in reports/"),
+    "techniques": ("offline.techniques", "low-data techniques against plain cross-entropy"),
+    "fewshot": ("offline.fewshot.command", "REPTILE and MetaNAS on few-shot tasks (Table 1)"),
     "bench": ("offline.bench", "benchmark the submission through the local harness"),
     "package": ("offline.package", "build the submission zip (make zip)"),
 }

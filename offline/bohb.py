@@ -27,13 +27,15 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from ConfigSpace import Categorical, Configuration, ConfigurationSpace, Float
+from ConfigSpace import (Categorical, Configuration, ConfigurationSpace, Float,
+                         ForbiddenAndConjunction, ForbiddenInClause)
 from smac import MultiFidelityFacade, Scenario
 from smac.runhistory.dataclasses import TrialInfo, TrialValue
 from tqdm import tqdm
 
 from autodl_meta.backbones import available_backbones
-from autodl_meta.config import AUGMENTATIONS, BATCH_SIZES, OPTIMIZERS, TrainConfig
+from autodl_meta.config import (AUGMENTATIONS, BATCH_SIZES, EMBEDDING_LOSSES, LOSSES, OPTIMIZERS,
+                                TrainConfig)
 from offline.cli import (add_run_arguments, add_store_arguments, check_run_arguments,
                          command_parser, setup_logging)
 from offline.cluster import dask_client, run_all, threads_per_task
@@ -47,9 +49,11 @@ ETA = 3
 MAX_TRIALS = 100_000
 
 
-def configspace(resolutions: Sequence[int] = RESOLUTIONS, seed: int = 0) -> ConfigurationSpace:
+def configspace(resolutions: Sequence[int] = RESOLUTIONS, seed: int = 0,
+                techniques: bool = False) -> ConfigurationSpace:
     """The paper's space (optimizer, batch size, learning rate, dropout) plus the input
-    resolution cap and the augmentation."""
+    resolution cap and the augmentation; with `techniques`, also the loss, the embedding loss
+    and the transductive GCN (autodl_meta/techniques.py)."""
     space = ConfigurationSpace(seed=seed)
     space.add([
         Categorical("optimizer", list(OPTIMIZERS)),
@@ -59,6 +63,15 @@ def configspace(resolutions: Sequence[int] = RESOLUTIONS, seed: int = 0) -> Conf
         Categorical("resolution", list(resolutions), ordered=True),
         Categorical("augmentation", list(AUGMENTATIONS)),
     ])
+    if techniques:
+        embedding = Categorical("embedding_loss", list(EMBEDDING_LOSSES))
+        space.add([Categorical("loss", list(LOSSES)), embedding,
+                   Categorical("transductive_gnn", [False, True])])
+        # TrainConfig refuses an embedding loss with MixUp/CutMix (they blend the classes).
+        space.add(ForbiddenAndConjunction(
+            ForbiddenInClause(embedding, [e for e in EMBEDDING_LOSSES if e != "none"]),
+            ForbiddenInClause(space["augmentation"],
+                              [a for a in AUGMENTATIONS if a != "none"])))
     return space
 
 
@@ -74,7 +87,7 @@ class BOHBStudy:
     def __init__(self, dataset_dir: Path, backbone: str, store: ResultStore, trials: int,
                  min_budget: float, max_budget: float, seed: int = 0, time_mode: str = "wall",
                  cost_table: Path | None = None,
-                 resolutions: Sequence[int] = RESOLUTIONS) -> None:
+                 resolutions: Sequence[int] = RESOLUTIONS, techniques: bool = False) -> None:
         self.dataset_dir = dataset_dir
         self.dataset = dataset_dir.name
         self.backbone = backbone
@@ -90,9 +103,10 @@ class BOHBStudy:
         # The trial count is ours to enforce (ask/tell ignores it), so a larger --trials
         # continues the same search.
         scenario_id = hashlib.sha1(json.dumps(
-            [min_budget, max_budget, search_seed, time_mode, list(resolutions)]).encode()
+            [min_budget, max_budget, search_seed, time_mode, list(resolutions)]
+            + (["techniques"] if techniques else [])).encode()
         ).hexdigest()[:10]
-        scenario = Scenario(configspace(resolutions, search_seed), deterministic=True,
+        scenario = Scenario(configspace(resolutions, search_seed, techniques), deterministic=True,
                             n_trials=MAX_TRIALS, min_budget=min_budget, max_budget=max_budget,
                             seed=search_seed, output_directory=store.path.parent / "smac",
                             name=f"{self.dataset}-{backbone}-{scenario_id}")
@@ -174,6 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-budget", type=float, default=180.0,
                         help="largest time budget of a trial, seconds (the ALC's T)")
     parser.add_argument("--resolutions", type=int, nargs="+", default=list(RESOLUTIONS))
+    parser.add_argument("--search-techniques", action="store_true",
+                        help="also search the loss (cross-entropy/cosine), the embedding loss "
+                             "(supcon/contrastive/triplet) and the transductive GCN")
     parser.add_argument("--seed", type=int, default=0)
     add_run_arguments(parser)
     args = parser.parse_args(argv)
@@ -195,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for backbone in backbones:
                     study = BOHBStudy(folder, backbone, store, args.trials, args.min_budget,
                                       args.max_budget, args.seed, args.time_mode,
-                                      args.cost_table, args.resolutions)
+                                      args.cost_table, args.resolutions,
+                                      args.search_techniques)
                     incumbent = study.run(client, progress)
                     tqdm.write(f"{incumbent.dataset} {backbone}: ALC {incumbent.alc:.4f} at "
                                f"{incumbent.budget:.0f} s with {incumbent.config.to_dict()}")

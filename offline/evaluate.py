@@ -50,6 +50,7 @@ class Evaluation:
     wall_seconds: float = 0.0
     time_mode: str = "wall"
     error: str | None = None
+    notes: list[str] = field(default_factory=list)  # what a technique could not do as set
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,7 +109,7 @@ def evaluate(config: TrainConfig, dataset_dir: Path, budget: float, seed: int = 
         final_nauc=scores[-1] if scores else 0.0,
         final_accuracy=accuracies[-1] if accuracies else 0.0,
         timestamps=[round(t, 3) for t in times], scores=[round(s, 6) for s in scores],
-        wall_seconds=time.monotonic() - began, time_mode=time_mode)
+        wall_seconds=time.monotonic() - began, time_mode=time_mode, notes=list(learner.notes))
 
 
 def _simulated_time(elapsed: float, learner: Learner, cost_table: CostTable) -> float:

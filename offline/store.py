@@ -56,6 +56,22 @@ class ResultStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._connection = sqlite3.connect(self.path, timeout=60)
         self._connection.executescript(_SCHEMA)
+        self._rekey()
+
+    def _rekey(self) -> None:
+        """Give rows written before TrainConfig gained fields the keys of today's schema (the
+        new fields at their defaults), so that they are found again."""
+        rows = self._connection.execute(
+            "SELECT rowid, config_key, config FROM evaluations").fetchall()
+        updates = []
+        for rowid, key, config in rows:
+            current = config_key(TrainConfig.from_dict(json.loads(config)))
+            if current != key:
+                updates.append((current, current, rowid))
+        if updates:
+            with self._connection:
+                self._connection.executemany(
+                    "UPDATE evaluations SET config_key=?, config=? WHERE rowid=?", updates)
 
     def close(self) -> None:
         self._connection.close()

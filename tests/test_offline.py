@@ -59,12 +59,18 @@ def test_bohb_on_a_two_worker_local_cluster_resumes(small_image_dataset, tmp_pat
     assert all(0.0 < e.alc < 1.0 and e.error is None for _, e in evaluations)
 
 
-def test_configspace_maps_onto_the_runtime_schema():
-    space = bohb.configspace(seed=1)
-    for configuration in space.sample_configuration(20):
-        config = bohb.to_train_config(configuration, "efficientnet-lite0")
+@pytest.mark.parametrize("techniques", [False, True])
+def test_configspace_maps_onto_the_runtime_schema(techniques):
+    space = bohb.configspace(seed=1, techniques=techniques)
+    configs = [bohb.to_train_config(configuration, "efficientnet-lite0")
+               for configuration in space.sample_configuration(60)]
+    for config in configs:
         assert config.backbone == "efficientnet-lite0"
         assert TrainConfig.from_dict(config.to_dict()) == config
+    # With the techniques, every one of them is proposed (and never a forbidden pair).
+    assert {c.embedding_loss for c in configs} == ({"none", "supcon", "contrastive", "triplet"}
+                                                   if techniques else {"none"})
+    assert {c.transductive_gnn for c in configs} == ({False, True} if techniques else {False})
 
 
 def _three_datasets(small_image_dataset):

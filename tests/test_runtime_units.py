@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import deque
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from autodl_meta.config import GENERALIST, ConfigError, TrainConfig
-from autodl_meta.learner import effective_resolution
+from autodl_meta.learner import RECENT_PREDICTIONS, Learner, effective_resolution
 from autodl_meta.policy import TimePolicy
 from autodl_meta.quick import PixelRidge
 from autodl_meta.validation import complement, nauc, split_validation
@@ -91,3 +92,26 @@ def test_validation_split_and_nauc():
     labels[:, 2] = 0  # a class absent from the split is ignored, as the scorer does
     assert nauc(labels, labels) == pytest.approx(1.0)
     assert math.isclose(nauc(np.zeros((3, 2)), np.ones((3, 2))), 0.0)
+
+
+def test_recent_network_predictions_are_averaged_only_when_validation_gains():
+    rng = np.random.default_rng(0)
+    truth = np.eye(2)[rng.integers(0, 2, 200)]
+    learner = object.__new__(Learner)  # only the averaging state is needed
+    learner.train_reader = SimpleNamespace(labels=torch.tensor(truth))
+    learner.validation = torch.arange(200)
+    learner.recent = deque(maxlen=RECENT_PREDICTIONS)
+
+    def state(noise_seed: int) -> np.ndarray:
+        return truth + np.random.default_rng(noise_seed).normal(0, 1.5, truth.shape)
+
+    # Independent noise: the average of two states ranks better than either.
+    first, second = state(1), state(2)
+    learner.accepted_validation = first
+    assert np.array_equal(learner._average_recent(first * 10), first * 10)
+    learner.accepted_validation = second
+    averaged = learner._average_recent(second * 10)
+    assert np.allclose(averaged, (first + second) * 5)
+    # A clearly better latest state is returned alone.
+    learner.accepted_validation = truth
+    assert np.array_equal(learner._average_recent(truth * 10), truth * 10)
