@@ -108,11 +108,13 @@ def projection_head(num_features: int) -> nn.Module:
 def class_balanced_batch(by_class: list[torch.Tensor], batch_size: int,
                          generator: torch.Generator) -> torch.Tensor:
     """Indices of `batch_size // EXAMPLES_PER_CLASS` random classes with EXAMPLES_PER_CLASS
-    examples each (drawn with replacement), so that every anchor has positives."""
-    classes = max(2, batch_size // EXAMPLES_PER_CLASS)
-    chosen = torch.randperm(len(by_class), generator=generator)[:classes]
-    picks = [by_class[c][torch.randint(0, len(by_class[c]), (EXAMPLES_PER_CLASS,),
-                                       generator=generator)] for c in chosen.tolist()]
+    examples each (drawn with replacement), so that every anchor has positives; with fewer
+    classes than that, more examples of each keep the batch at `batch_size`."""
+    chosen = torch.randperm(len(by_class), generator=generator)[
+        :max(2, batch_size // EXAMPLES_PER_CLASS)]
+    per_class = max(EXAMPLES_PER_CLASS, batch_size // len(chosen))
+    picks = [by_class[c][torch.randint(0, len(by_class[c]), (per_class,), generator=generator)]
+             for c in chosen.tolist()]
     return torch.cat(picks)
 
 

@@ -61,6 +61,9 @@ def test_class_balanced_batches_give_every_anchor_positives():
     counts = torch.bincount(labels[batch].argmax(1), minlength=10)
     assert len(batch) == 32 and set(counts[counts > 0].tolist()) == \
         {techniques.EXAMPLES_PER_CLASS}
+    few = techniques.group_by_class(F.one_hot(torch.arange(40) % 4, 4).float())
+    batch = techniques.class_balanced_batch(few, 32, torch.Generator().manual_seed(0))
+    assert len(batch) == 32  # four classes: eight examples each
 
 
 def test_similarity_graph_links_closer_than_mean_with_normalised_weights():
