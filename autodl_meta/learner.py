@@ -49,6 +49,13 @@ def meta_learning_enabled() -> bool:
                                                                            "no")
 
 
+def graph_nodes(train: torch.Tensor, seed: int) -> torch.Tensor:
+    """Up to GNN_TRAIN_NODES of the training positions `train`, the labelled nodes of the
+    transductive GCN's graph."""
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    return train[order[:GNN_TRAIN_NODES]]
+
+
 def effective_resolution(metadata, cap: int) -> int:
     """The config's resolution is a cap: small fixed-size images keep their size (rounded up to
     a multiple of 16, at least 32), as upscaling them costs much more than it gives on a CPU."""
@@ -217,7 +224,7 @@ class Learner:
                        f"classifier's loss")
         self.validation = split_validation(len(labels))
         train = complement(self.validation, len(labels))
-        self.gnn_train_nodes = self._graph_nodes(train)
+        self.gnn_train_nodes = graph_nodes(train, self.seed)
         self.quick = PixelRidge().fit(self.train_reader.images[train], labels[train])
         self.predict_with = "quick"
         logger.info("pixel model fitted on %d examples at %.1f s", len(train),
@@ -254,7 +261,7 @@ class Learner:
         steps = self.trainer.train_for(images, labels, max(slice_seconds, 0.5), indices=train)
         # The network moved: the graph's labelled nodes are embedded again, from all decoded.
         self.gnn_train_features = None
-        self.gnn_train_nodes = self._graph_nodes(train)
+        self.gnn_train_nodes = graph_nodes(train, self.seed)
         self._check_embedding_pace()
         score, validation_scores = self._validate(images, labels)
         logger.info("fine-tuned %d steps on %d examples (validation NAUC %.4f, best %.4f); "
@@ -264,11 +271,6 @@ class Learner:
             self.best_validation = score
             self.accepted_validation = validation_scores
             self.predict_with = "network"
-
-    def _graph_nodes(self, train: torch.Tensor) -> torch.Tensor:
-        """Up to GNN_TRAIN_NODES training examples, the labelled nodes of the GCN's graph."""
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed))
-        return train[order[:GNN_TRAIN_NODES]]
 
     def _check_embedding_pace(self) -> None:
         """After the first slice: say when the budget leaves an embedding loss too few steps."""

@@ -32,12 +32,14 @@ import torch
 from tqdm import tqdm
 
 from autodl_meta.config import GENERALIST, TrainConfig
-from autodl_meta.learner import GNN_TRAIN_NODES
+from autodl_meta.data import DatasetReader
+from autodl_meta.learner import graph_nodes
 from autodl_meta.techniques import refine_with_gcn
 from autodl_meta.trainer import Trainer
 from offline.cli import command_parser, emit_table, setup_logging
 from offline.cluster import dask_client, run_all, threads_per_task
 from offline.evaluate import dataset_paths
+from ingestion_local import AutoDLDataset
 from ingestion_local.prepare import DEFAULT_OUT as DEFAULT_DATA
 from offline.store import REPO_ROOT
 from scoring_local.metrics import alc, nauc
@@ -95,9 +97,6 @@ def decode_subsets(dataset_dir: Path, resolution: int, max_train: int, max_test:
                    cache_dir: Path) -> Path:
     """Decode a dataset at `resolution` (one frame per clip) and keep fixed random subsets of
     its train and test sets in a torch file under `cache_dir`; decoded once, then reused."""
-    from autodl_meta.data import DatasetReader
-    from ingestion_local import AutoDLDataset
-
     name, data, solution_path = dataset_paths(dataset_dir)
     path = cache_dir / f"{name}-{resolution}px-{max_train}-{max_test}.pt"
     if path.is_file():
@@ -131,8 +130,7 @@ def run_technique(config: dict[str, Any], data_path: str, dataset: str, techniqu
     trainer = Trainer(config, train_labels.shape[1], train_images.shape[2],
                       multilabel=bool((train_labels.sum(1) > 1).any()),
                       device=torch.device("cpu"), seed=seed)
-    nodes = torch.randperm(len(train_images),
-                           generator=torch.Generator().manual_seed(seed))[:GNN_TRAIN_NODES]
+    nodes = graph_nodes(torch.arange(len(train_images)), seed)
     clock, timestamps, scores, accuracies, notes = 0.0, [], [], [], []
 
     def record(prediction: np.ndarray, test_features: torch.Tensor,
