@@ -204,6 +204,10 @@ def test_metanas_width_matches_the_pruned_target():
     channels = metanas.channels_for_budget(30_000, 1, 20)
     expected = metanas.expected_pruned_parameters(channels, 1, 20)
     assert abs(expected - 30_000) / 30_000 < 0.15
+    # Tasks measured to keep 3x the expectation: a narrower network has the target pruned size.
+    narrow = metanas.channels_for_budget(30_000, 1, 20, kept_ratio=3.0)
+    assert narrow < channels
+    assert abs(3.0 * metanas.expected_pruned_parameters(narrow, 1, 20) - 30_000) / 30_000 < 0.2
 
 
 def test_cli_help(capsys):

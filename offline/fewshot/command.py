@@ -63,9 +63,11 @@ with epsilon annealed linearly from 1 to 0. MetaNAS: architecture lr {arch_lr}, 
 temperature annealed linearly from {temperature_start} to {temperature_end} over each task's inner
 steps (Eq. 5 on operations, Eq. 7 on input pairs), pruning threshold {prune_threshold} (surviving
 weights kept as they are, no retraining); stem conv stride 2 (cells at 14, 7, 7, 4 px: a CPU
-saving), sep/dil convs are one depthwise-pointwise pair, BatchNorm without affine parameters, the
-width matched so that a network with 2 inputs per node and one operation per edge has the target
-size; the pruned median in the table is what the tasks actually kept."""
+saving), sep/dil convs are one depthwise-pointwise pair, BatchNorm without affine parameters. The
+width (filters, constant over the cells) is matched on the pruned size, as in the paper: the size
+of a network with 2 inputs per node and one operation per edge, times {metanas_kept_ratio} (how
+much more the tasks of an earlier run kept than that: its pruned median over the expected size),
+is nearest the target; the pruned median in the table is what the tasks actually kept."""
 
 
 @dataclass(frozen=True)
@@ -86,10 +88,15 @@ class Scale:
     temperature_end: float = 0.1
     prune_threshold: float = 0.01
     rotations: bool = True
+    # Pruned size the tasks keep / the size the width formula expects (2 inputs per node, one
+    # op per edge): measured by a first run, it lets the next match the width on pruned size.
+    metanas_kept_ratio: float = 1.0
 
     def key(self, method: str) -> str:
-        """A short hash of what decides a run's result (the sizes list does not)."""
-        settings = {k: v for k, v in asdict(self).items() if k != "sizes"}
+        """A short hash of what decides a run's result besides the network's width (the sizes
+        list and the kept ratio only choose the width, which a file name carries)."""
+        settings = {k: v for k, v in asdict(self).items()
+                    if k not in ("sizes", "metanas_kept_ratio")}
         if method == "reptile":
             for name in ("arch_lr", "temperature_start", "temperature_end", "prune_threshold"):
                 settings.pop(name)
@@ -100,23 +107,31 @@ SCALES = {
     "tiny": Scale(iterations=2, meta_batch=1, train_shots=1, inner_steps=2, inner_batch=20,
                   eval_steps=2, eval_tasks=2, query_per_class=1,
                   sizes={"reptile": ("30k",), "metanas": ("30k",)}),
+    # metanas_kept_ratio 3.17: at width 18 (expected 31,933) the tasks kept a median of 101,378.
     "small": Scale(iterations=300, meta_batch=1, train_shots=5, inner_steps=5, inner_batch=20,
                    eval_steps=10, eval_tasks=20, query_per_class=5,
-                   sizes={"reptile": ("30k", "100k"), "metanas": ("30k",)}),
+                   sizes={"reptile": ("30k", "100k"), "metanas": ("30k", "100k")},
+                   metanas_kept_ratio=3.17),
     "paper": Scale(iterations=30_000, meta_batch=5, train_shots=10, inner_steps=10,
                    inner_batch=20, eval_steps=50, eval_tasks=1000, query_per_class=1, lr=1e-3,
                    sizes={"reptile": ("30k", "100k"), "metanas": ("30k", "100k")}),
 }
 
 
+def width(method: str, size: str, scale: Scale) -> int:
+    """Filters per layer (conv net) or per cell (MetaNAS) at the parameter target."""
+    if method == "reptile":
+        return convnet.channels_for_budget(SIZES[size], 1, N_WAY, IMAGE_SIZE)
+    return metanas.channels_for_budget(SIZES[size], 1, N_WAY, scale.metanas_kept_ratio)
+
+
 def build(method: str, size: str, scale: Scale) -> tuple[torch.nn.Module, TaskLearner]:
     """The network at the parameter target and its task learner."""
-    target = SIZES[size]
+    channels = width(method, size, scale)
     if method == "reptile":
-        channels = convnet.channels_for_budget(target, 1, N_WAY, IMAGE_SIZE)
         network = convnet.conv_net(channels, 1, N_WAY, IMAGE_SIZE)
         return network, TaskLearner(scale.inner_steps, scale.inner_batch, scale.lr)
-    network = metanas.MetaNASNetwork(metanas.channels_for_budget(target, 1, N_WAY), 1, N_WAY)
+    network = metanas.MetaNASNetwork(channels, 1, N_WAY)
     return network, metanas.MetaNASTaskLearner(
         scale.inner_steps, scale.inner_batch, scale.lr, scale.arch_lr, scale.temperature_start,
         scale.temperature_end)
@@ -147,6 +162,7 @@ def run_one(method: str, size: str, seed: int, scale: Scale, out: Path) -> dict:
                           score=score, desc=f"meta-test {shots}-shot")
         evaluations[f"{shots}shot"] = {"seconds": time.perf_counter() - started, "tasks": tasks}
     result = {"method": method, "size": size, "seed": seed, "scale": asdict(scale),
+              "channels": width(method, size, scale),
               "parameters": count_parameters(network), "meta_train_seconds": train_seconds,
               "evaluations": evaluations}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -162,13 +178,19 @@ def run_table(scale: Scale, scale_name: str, seeds: Sequence[int], methods: Sequ
     found = []
     with logging_redirect_tqdm():
         for method, size, seed in tqdm(runs, desc=f"fewshot {scale_name}", unit="run"):
-            out = results / f"table-{method}-{size}-{scale.key(method)}-seed{seed}.json"
+            out = results / result_name(method, size, seed, scale)
             if out.is_file():
                 logger.info("%s exists, not recomputed", out.name)
                 found.append(json.loads(out.read_text()))
             else:
                 found.append(run_one(method, size, seed, scale, out))
     return found
+
+
+def result_name(method: str, size: str, seed: int, scale: Scale) -> str:
+    # MetaNAS's width depends on the kept ratio, which the key leaves out: the name says it.
+    channels = f"-c{width(method, size, scale)}" if method == "metanas" else ""
+    return f"table-{method}-{size}{channels}-{scale.key(method)}-seed{seed}.json"
 
 
 def _mean_std(values: Sequence[float]) -> str:
@@ -178,9 +200,9 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}"
 
 
-def table_markdown(runs: list[dict], scale_name: str) -> str:
-    """Table 1's layout, the budget, and MetaNAS's architecture frequencies."""
-    scale = runs[0]["scale"]
+def table_markdown(runs: list[dict], scale_name: str, settings: Scale) -> str:
+    """Table 1's layout, the budget of `settings`, and MetaNAS's architecture frequencies."""
+    scale = asdict(settings)
     lines = [f"# Few-shot: REPTILE and MetaNAS on Omniglot (scale `{scale_name}`)", "",
              f"Budget per run: {scale['iterations']} meta-iterations x {scale['meta_batch']} "
              f"task(s) of {N_WAY}-way {scale['train_shots']}-shot, {scale['inner_steps']} inner "
@@ -215,6 +237,12 @@ def table_markdown(runs: list[dict], scale_name: str) -> str:
             train_seconds = np.mean([run["meta_train_seconds"] for run in members])
             lines.append(f"| {size} | {label} | {cells[0]} | {cells[1]} | {counts} | "
                          f"{len(members)} | {train_seconds:.0f} | {test_seconds:.0f} |")
+    widths = sorted({(SIZES[run["size"]], run["method"], run["size"]) for run in runs})
+    lines += ["", "Widths (filters): " + ", ".join(
+        f"{method} {size} {width(method, size, settings)}" for _, method, size in widths) + "."]
+    relabelled = {(run["method"], run["size"]): run["relabelled"] for run in runs
+                  if "relabelled" in run}
+    lines += [f"\n{method} {size}: {why}." for (method, size), why in relabelled.items()]
     for size in sorted({run["size"] for run in runs if run["method"] == "metanas"},
                        key=SIZES.get):
         kept = [task["kept"] for run in runs if run["method"] == "metanas" and run["size"] == size
@@ -318,6 +346,10 @@ def main(argv: list[str]) -> int:
     for name in ("iterations", "meta-batch", "inner-steps", "eval-steps", "eval-tasks"):
         parser.add_argument(f"--{name}", type=int, default=None,
                             help="override the scale's value")
+    parser.add_argument("--metanas-kept-ratio", type=float, default=None,
+                        help="MetaNAS pruned size over the width formula's expectation, as an "
+                             "earlier run measured it (the table's pruned median / expected); "
+                             "matches the width on pruned size (default: the scale's)")
     parser.add_argument("--tests", nargs="+", default=["pacs_photo", "caltech101", "cifar10"],
                         help="heads: datasets whose classes form the meta-test tasks")
     parser.add_argument("--head-iterations", type=int, default=HeadSetting.iterations,
@@ -338,10 +370,10 @@ def main(argv: list[str]) -> int:
         return 0
     overrides = {field.replace("-", "_"): getattr(args, field.replace("-", "_"))
                  for field in ("iterations", "meta-batch", "inner-steps", "eval-steps",
-                               "eval-tasks")}
+                               "eval-tasks", "metanas-kept-ratio")}
     scale = replace(SCALES[args.scale], **{k: v for k, v in overrides.items() if v is not None})
     if args.sizes:
         scale = replace(scale, sizes={method: tuple(args.sizes) for method in METHODS})
     runs = run_table(scale, args.scale, args.seeds, args.methods, args.results)
-    emit_table(table_markdown(runs, args.scale), args.out or REPORTS / "fewshot.md")
+    emit_table(table_markdown(runs, args.scale, scale), args.out or REPORTS / "fewshot.md")
     return 0

@@ -261,10 +261,13 @@ def expected_pruned_parameters(channels: int, in_channels: int, num_classes: int
     return total
 
 
-def channels_for_budget(target_parameters: int, in_channels: int, num_classes: int) -> int:
-    """The (even) width whose expected pruned network is nearest to the target size."""
+def channels_for_budget(target_parameters: int, in_channels: int, num_classes: int,
+                        kept_ratio: float = 1.0) -> int:
+    """The (even) width whose expected pruned network, times `kept_ratio` (how much more than
+    that expectation the tasks were measured to keep), is nearest to the target size."""
     return min(range(4, 129, 2), key=lambda channels: abs(
-        expected_pruned_parameters(channels, in_channels, num_classes) - target_parameters))
+        kept_ratio * expected_pruned_parameters(channels, in_channels, num_classes)
+        - target_parameters))
 
 
 class MetaNASTaskLearner(TaskLearner):
