@@ -21,21 +21,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# The first torch optimiser imports torch._dynamo (1-2 s on a CPU): importing it with this
+# module, before the budget starts, keeps that time away from the first prediction.
+import torch._dynamo
+
 from autodl_meta.backbones import available_backbones
 from autodl_meta.config import GENERALIST, TrainConfig
 from autodl_meta.data import DatasetReader
 from autodl_meta.fingerprint import Fingerprinter, read_fingerprint_batch
 from autodl_meta.metadata import METADATA_DIR, MetaData, MetadataError
 from autodl_meta.policy import TimePolicy
-from autodl_meta.quick import PixelRidge
+from autodl_meta.quick import PixelLogistic
 from autodl_meta.techniques import refine_with_gcn
-from autodl_meta.trainer import Trainer, pick_device
+from autodl_meta.trainer import Trainer, pick_device, usable_cores
 from autodl_meta.validation import complement, nauc, split_validation
 
 logger = logging.getLogger("autodl_meta")
 
+# The first train() decodes up to FIRST_READ_COUNT frames (or for FIRST_READ_SECONDS); when that
+# was quick (small images), up to EXTRA_READ_COUNT more for the pixel model, so that small
+# datasets are whole from the first prediction. The head embeds the first FIRST_READ_COUNT.
 FIRST_READ_COUNT = 512
 FIRST_READ_SECONDS = 4.0
+EXTRA_READ_COUNT = 1536
+EXTRA_READ_SECONDS = 0.5
+# Share of the remaining budget the head's feature pass over the training examples may take.
+HEAD_SHARE = 0.15
 DEFAULT_TIME_BUDGET = 1200.0
 # Set to 0 (or off/false/no) to skip the dataset selection and run the generalist config.
 META_LEARNING_ENV = "AUTODL_META_LEARNING"
@@ -80,7 +91,7 @@ class Learner:
         self.is_video = metadata.get_sequence_size() != 1
         self.device = pick_device()
         if self.device.type == "cpu":
-            torch.set_num_threads(max(1, os.cpu_count() or 1))
+            torch.set_num_threads(usable_cores())
         self.meta = MetaData() if config is not None else self._load_metadata(metadata_dir)
         self.fingerprinter: Fingerprinter | None = None
         if config is None and self.meta.selector is not None:
@@ -97,7 +108,7 @@ class Learner:
         self.policy: TimePolicy | None = None
         self.train_reader: DatasetReader | None = None
         self.test_reader: DatasetReader | None = None
-        self.quick: PixelRidge | None = None
+        self.quick: PixelLogistic | None = None
         self.head_fitted = False
         self.validation = torch.empty(0, dtype=torch.long)
         self.best_validation = -np.inf
@@ -214,8 +225,11 @@ class Learner:
         self.trainer = Trainer(self.config, self.output_dim, self.in_channels, multilabel=False,
                                device=self.device, seed=self.seed)
         self.train_reader = DatasetReader(dataset, self.resolution, self.frames)
+        began = time.monotonic()
         self.train_reader.read(max(64, FIRST_READ_COUNT // self.frames),
                                seconds=FIRST_READ_SECONDS)
+        if time.monotonic() - began < EXTRA_READ_SECONDS:
+            self.train_reader.read(EXTRA_READ_COUNT // self.frames, seconds=EXTRA_READ_SECONDS)
         labels = self.train_reader.labels
         self.trainer.set_multilabel(bool((labels.sum(1) > 1).any()))
         if self.config.embedding_loss != "none" and self.trainer.multilabel:
@@ -225,27 +239,52 @@ class Learner:
         self.validation = split_validation(len(labels))
         train = complement(self.validation, len(labels))
         self.gnn_train_nodes = graph_nodes(train, self.seed)
-        self.quick = PixelRidge().fit(self.train_reader.images[train], labels[train])
+        self.quick = PixelLogistic().fit(self.train_reader.images[train], labels[train],
+                                         self.trainer.multilabel)
         self.predict_with = "quick"
-        logger.info("pixel model fitted on %d examples at %.1f s", len(train),
-                    self.policy.elapsed())
-
-    def _fit_head(self) -> None:
-        """Linear head on frozen features of what the first train() call decoded."""
-        images, labels = self.train_reader.images, self.train_reader.labels
-        train = complement(self.validation, len(labels))
-        features = self.trainer.features(images)
-        self.trainer.fit_head(features[train], labels[train])
-        if self.use_gnn:
-            self.gnn_train_features = features[self.gnn_train_nodes]
-        self.head_fitted = True
-        self.predict_with = "head"
         if len(self.validation):
             self.best_validation = nauc(
                 labels[self.validation].numpy(),
-                self.trainer.predict_from_features(features[self.validation]))
-        logger.info("head fitted on %d frozen examples at %.1f s (validation NAUC %.4f)",
+                self.quick.predict(self.train_reader.images[self.validation]))
+        logger.info("pixel model fitted on %d examples at %.1f s (validation NAUC %.4f)",
                     len(train), self.policy.elapsed(), self.best_validation)
+
+    def _fit_head(self) -> None:
+        """Linear head on frozen features of (a prefix of) what the first train() decoded;
+        it replaces the pixel model's prediction when its validation NAUC is higher."""
+        images, labels = self.train_reader.images, self.train_reader.labels
+        # On a slow machine or an almost spent budget, the head learns from what was embedded
+        # in its share of the time rather than overrun the budget.
+        began = time.monotonic()
+        features = self.trainer.features(images[:max(64, FIRST_READ_COUNT // self.frames)],
+                                         seconds=HEAD_SHARE * self.policy.remaining())
+        embedded = len(features)
+        seconds_per_example = (time.monotonic() - began) / embedded
+        validation = self.validation[self.validation < embedded]
+        train = complement(validation, embedded)
+        self.trainer.fit_head(features[train], labels[train])
+        if self.use_gnn and bool((self.gnn_train_nodes < embedded).all()):
+            self.gnn_train_features = features[self.gnn_train_nodes]
+        self.head_fitted = True
+        score = pixel_score = np.inf
+        if len(validation):  # both models on the same validation examples
+            truth = labels[validation].numpy()
+            score = nauc(truth, self.trainer.predict_from_features(features[validation]))
+            pixel_score = nauc(truth, self.quick.predict(images[validation]))
+        logger.info("head fitted on %d frozen examples (%d of %d embedded) at %.1f s "
+                    "(validation NAUC %.4f, pixel model %.4f)", len(train), embedded,
+                    len(labels), self.policy.elapsed(), score, pixel_score)
+        if score >= pixel_score:
+            self.best_validation = score
+            self.predict_with = "head"
+        else:
+            logger.info("the pixel model's prediction stays (validation NAUC %.4f)",
+                        self.best_validation)
+            # No head pass over the test set will time a network prediction: estimate it.
+            views = 2 if self.config.flip_tta else 1
+            test_count = self.test_reader.count if self.test_reader is not None else 0
+            self.test_seconds = max(self.test_seconds,
+                                    views * seconds_per_example * test_count)
 
     def _fine_tune(self) -> None:
         slice_seconds = self.policy.next_slice(self.test_seconds)

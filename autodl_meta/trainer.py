@@ -12,6 +12,7 @@ follows the embedding as it forms, so a prediction is ready after every slice.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import numpy as np
@@ -20,14 +21,15 @@ from torch import nn
 
 from autodl_meta.backbones import Classifier, FeatureExtractor
 from autodl_meta.config import TrainConfig
+from autodl_meta.quick import fit_linear
 from autodl_meta.techniques import (EMBEDDING_LOSSES, class_balanced_batch, cosine_loss,
                                     cosine_scores, group_by_class, projection_head)
 
 logger = logging.getLogger(__name__)
 
-HEAD_L2 = 1e-3
-HEAD_LBFGS_STEPS = 60
 PREDICT_BATCH = 256
+# Batches of a time-limited feature pass: small, so that it stops close to its time.
+TIMED_FEATURE_BATCH = 32
 BACKBONE_LR_SCALE = 0.1
 GRADIENT_CLIP_NORM = 2.0
 # Rule of thumb: an embedding loss that gets fewer training steps than this trails plain
@@ -37,6 +39,15 @@ EMBEDDING_MIN_STEPS = 300
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: a container or `taskset` can allow fewer than the
+    machine has, and more threads than cores slow every step."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -92,13 +103,18 @@ class Trainer:
         return self.loss_fn(logits, targets)  # one-hot (or mixed) float targets suit both
 
     @torch.no_grad()
-    def _per_clip(self, images: torch.Tensor, frame_fn) -> torch.Tensor:
+    def _per_clip(self, images: torch.Tensor, frame_fn, seconds: float | None = None,
+                  batch_size: int = PREDICT_BATCH) -> torch.Tensor:
         """`frame_fn` (float frames on the device -> one row each) averaged over each clip's
-        frames, in eval mode and in batches."""
+        frames, in eval mode and in batches; with `seconds`, only the clips of the batches
+        begun within that time (at least one batch)."""
         self.model.eval()
+        deadline = None if seconds is None else time.monotonic() + seconds
         outputs = []
-        for start in range(0, len(images), PREDICT_BATCH):
-            clips = images[start:start + PREDICT_BATCH]
+        for start in range(0, len(images), batch_size):
+            if outputs and deadline is not None and time.monotonic() > deadline:
+                break
+            clips = images[start:start + batch_size]
             flat = to_float(clips.flatten(0, 1), self.device)
             with torch.autocast(self.device.type, enabled=self.use_amp):
                 rows = frame_fn(flat).float()
@@ -106,27 +122,18 @@ class Trainer:
         return torch.cat(outputs)
 
     # -- frozen features and the linear head -------------------------------------------------
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Frozen features of `images`, averaged over the frames of each clip."""
-        return self._per_clip(images, self.model.extractor)
+    def features(self, images: torch.Tensor, seconds: float | None = None) -> torch.Tensor:
+        """Frozen features of `images`, averaged over the frames of each clip. With `seconds`,
+        those of a prefix of `images`: as many as were embedded within about that time."""
+        if seconds is None:
+            return self._per_clip(images, self.model.extractor)
+        return self._per_clip(images, self.model.extractor, seconds, TIMED_FEATURE_BATCH)
 
     def fit_head(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Fit the linear head on frozen features (L2-regularised logistic regression)."""
-        head = self.model.head
         features, labels = features.to(self.device), labels.to(self.device)
         targets = labels if self.multilabel else labels.argmax(1)
-        optimizer = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=HEAD_LBFGS_STEPS,
-                                      line_search_fn="strong_wolfe")
-
-        def closure():
-            optimizer.zero_grad()
-            penalty = sum(p.square().sum() for name, p in head.named_parameters()
-                          if name.endswith("weight"))
-            loss = self.loss_fn(head(features), targets) + HEAD_L2 * penalty
-            loss.backward()
-            return loss
-
-        optimizer.step(closure)
+        fit_linear(self.model.head, features, targets, self.loss_fn)
 
     # -- fine-tuning --------------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:

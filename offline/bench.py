@@ -7,7 +7,8 @@ switched off (AUTODL_META_LEARNING=0: the generalist config) and the linear base
 dataset with the local ingestion + scoring, and prints a markdown table: ALC, final NAUC, time
 of the first prediction (seconds after the first train() call), number of predictions, whether
 ingestion succeeded, the known dataset the selector chose and the backbone used. Runs are kept
-under `--result-dir` with their logs.
+under `--result-dir` with their logs; a run already there at the same budget is reused (an
+interrupted benchmark goes on where it stopped), `--force` runs it again.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import ast
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -55,6 +56,7 @@ HEADER = ("| dataset | model | ALC | final NAUC | first prediction (s) | last pr
 CONFIG_LINE = "autodl_meta: config "
 SELECTED_LINE = "autodl_meta: selected "
 UNSURE_LINE = "autodl_meta: selector unsure (closest "
+ROW_FILE = "bench_row.json"  # a finished run's row, kept beside its logs
 
 
 def _row(dataset: str, model: str, result: LocalTestResult) -> BenchRow:
@@ -79,7 +81,10 @@ def _row(dataset: str, model: str, result: LocalTestResult) -> BenchRow:
 
 
 def run_bench(datasets: Sequence[str], data_dir: Path, budget: float, result_dir: Path,
-              baseline: str | None = "linear", generalist: bool = True) -> list[BenchRow]:
+              baseline: str | None = "linear", generalist: bool = True,
+              force: bool = False) -> list[BenchRow]:
+    """One row per (dataset, model); runs already in `result_dir` at `budget` are reused
+    unless `force`."""
     models = [("submission", REPO_ROOT, {})]
     if generalist:
         models.append(("generalist", REPO_ROOT, {META_LEARNING_ENV: "0"}))
@@ -92,11 +97,26 @@ def run_bench(datasets: Sequence[str], data_dir: Path, budget: float, result_dir
             raise FileNotFoundError(f"{folder}: not prepared (python -m ingestion_local.prepare "
                                     f"--only {dataset})")
         for model, code, env in models:
-            result = run_local_test(folder, code, budget, result_dir / dataset / model,
-                                    capture_logs=True, env=env)
-            rows.append(_row(dataset, model, result))
-            tqdm.write(rows[-1].markdown())
+            run_dir = result_dir / dataset / model
+            row = None if force else _kept_row(run_dir, budget)
+            if row is None:
+                result = run_local_test(folder, code, budget, run_dir, capture_logs=True, env=env)
+                row = _row(dataset, model, result)
+                (run_dir / ROW_FILE).write_text(json.dumps({"budget": budget,
+                                                            "row": asdict(row)}))
+            rows.append(row)
+            tqdm.write(row.markdown())
     return rows
+
+
+def _kept_row(run_dir: Path, budget: float) -> BenchRow | None:
+    """The row of an earlier run in `run_dir` at the same budget, so that an interrupted
+    benchmark goes on where it stopped."""
+    try:
+        kept = json.loads((run_dir / ROW_FILE).read_text())
+        return BenchRow(**kept["row"]) if kept["budget"] == budget else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,10 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="skip the run with the meta-learning switched off")
     parser.add_argument("--result-dir", type=Path, default=REPO_ROOT / "runs" / "bench")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    parser.add_argument("--force", action="store_true",
+                        help="run again what --result-dir already holds at this budget")
     args = parser.parse_args(argv)
     rows = run_bench(args.datasets, args.data_dir, args.budget, args.result_dir,
                      None if args.baseline == "none" else args.baseline,
-                     not args.no_generalist)
+                     not args.no_generalist, args.force)
     table = "\n".join([f"Budget {args.budget:.0f} s per run.", "", HEADER,
                        *(r.markdown() for r in rows)])
     emit_table(table, args.out)

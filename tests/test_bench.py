@@ -17,3 +17,6 @@ def test_bench_reports_submission_and_baseline(small_image_dataset, tmp_path):
     assert submission.predictions >= 1 and submission.first_prediction < 20
     assert 0 < submission.alc <= 1 and 0 < submission.final_nauc <= 1
     assert "| smalldigits | submission |" in submission.markdown()
+    # A second call finds the finished runs and reuses them (an interrupted bench resumes):
+    # a fresh run would not repeat the same timestamps.
+    assert run_bench([small_image_dataset.name], small_image_dataset.parent, 20, tmp_path) == rows

@@ -13,7 +13,8 @@ import torch
 from autodl_meta.config import GENERALIST, ConfigError, TrainConfig
 from autodl_meta.learner import RECENT_PREDICTIONS, Learner, effective_resolution
 from autodl_meta.policy import TimePolicy
-from autodl_meta.quick import PixelRidge
+from autodl_meta.quick import PixelLogistic
+from autodl_meta.trainer import TIMED_FEATURE_BATCH, Trainer
 from autodl_meta.validation import complement, nauc, split_validation
 
 
@@ -60,14 +61,14 @@ def test_policy_never_plans_past_the_budget():
     assert not policy.can_afford(test_seconds=4)
 
 
-def test_pixel_ridge_separates_real_digits():
+def test_pixel_logistic_separates_real_digits():
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = torch.from_numpy(np.round(digits.images * 255 / 16).astype(np.uint8))
     images = torch.nn.functional.interpolate(images[:, None].float(), size=32).byte()[:, None]
     labels = torch.eye(10)[digits.target]
-    model = PixelRidge().fit(images[:1200], labels[:1200])
+    model = PixelLogistic().fit(images[:1200], labels[:1200])
     scores = model.predict(images[1200:])
     assert nauc(labels[1200:].numpy(), scores) > 0.9
 
@@ -115,3 +116,52 @@ def test_recent_network_predictions_are_averaged_only_when_validation_gains():
     # A clearly better latest state is returned alone.
     learner.accepted_validation = truth
     assert np.array_equal(learner._average_recent(truth * 10), truth * 10)
+
+
+def test_a_timed_feature_pass_embeds_a_prefix_and_an_untimed_one_everything():
+    trainer = Trainer(TrainConfig(resolution=32), num_classes=3, in_channels=3,
+                      multilabel=False, device=torch.device("cpu"))
+    images = torch.randint(0, 256, (3 * TIMED_FEATURE_BATCH, 1, 3, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    everything = trainer.features(images)
+    # No time at all still embeds one batch, the first: the head always has examples.
+    prefix = trainer.features(images, seconds=0.0)
+    assert len(everything) == len(images) and len(prefix) == TIMED_FEATURE_BATCH
+    assert torch.allclose(prefix, everything[:TIMED_FEATURE_BATCH], atol=1e-5)
+    assert len(trainer.features(images, seconds=600.0)) == len(images)
+
+
+@pytest.mark.parametrize("head_is_better", [True, False])
+def test_the_head_replaces_the_pixel_prediction_only_when_validation_says_it_is_better(
+        head_is_better):
+    truth = torch.eye(2)[torch.arange(200) % 2]
+    features = torch.randn(200, 4)
+
+    class StubTrainer:  # a head whose validation scores are the truth, or their reverse
+        def features(self, images, seconds=None):
+            return features[:len(images)]
+
+        def fit_head(self, features, labels):
+            pass
+
+        def predict_from_features(self, rows):
+            chosen = truth[:len(rows)] if head_is_better else 1 - truth[:len(rows)]
+            return chosen.numpy()
+
+    learner = object.__new__(Learner)  # only the head stage's state is needed
+    learner.train_reader = SimpleNamespace(images=torch.zeros(200, 1, 1, 8, 8), labels=truth)
+    learner.validation = torch.arange(100)  # the stub scores validation rows by index
+    learner.trainer, learner.frames, learner.policy = StubTrainer(), 1, TimePolicy(100.0)
+    learner.config, learner.use_gnn = GENERALIST, False
+    learner.test_reader, learner.test_seconds = SimpleNamespace(count=1000), 0.0
+    # The pixel model ranks at random (validation NAUC near 0), between the two heads.
+    pixel_scores = torch.rand(200, 2, generator=torch.Generator().manual_seed(0)).numpy()
+    learner.quick = SimpleNamespace(predict=lambda images: pixel_scores[:len(images)])
+    learner.best_validation, learner.predict_with = 0.1, "quick"
+    learner._fit_head()
+    assert learner.head_fitted
+    if head_is_better:
+        assert learner.predict_with == "head" and learner.best_validation == 1.0
+    else:
+        assert learner.predict_with == "quick" and learner.best_validation == 0.1
+        assert learner.test_seconds > 0  # a network prediction's time is estimated instead
