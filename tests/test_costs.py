@@ -146,3 +146,10 @@ def test_profile_writes_a_table_and_resumes(tmp_path, caplog):
     out.write_text(json.dumps({**table.to_dict(), "device": "cuda: elsewhere"}))
     assert profile.main(argv) == 1
     assert "measured on 'cuda: elsewhere'" in caplog.text
+
+
+def test_the_shipped_table_is_valid_and_costs_grow_with_the_backbone():
+    table = CostTable.load(Path(__file__).resolve().parents[1] / "metadata" / "cost_table.json")
+    steps = [table.train_step_seconds(backbone, 128, 128)
+             for backbone in ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")]
+    assert 0 < steps[0] < steps[1] < steps[2]
