@@ -3,6 +3,8 @@ BatchNorm, ReLU, maxpool2] and a linear classifier, with the width found from a 
 """
 from __future__ import annotations
 
+import functools
+
 from torch import nn
 
 from offline.fewshot.reptile import count_parameters
@@ -23,6 +25,8 @@ def conv_net(channels: int, in_channels: int, num_classes: int, image_size: int)
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * size * size, num_classes))
 
 
+# Pure and slow (it builds a network per candidate width); the few-shot command asks often.
+@functools.cache
 def channels_for_budget(target_parameters: int, in_channels: int, num_classes: int,
                         image_size: int) -> int:
     """The width whose conv net has the parameter count nearest to the target."""

@@ -11,6 +11,7 @@ most a threshold are pruned without retraining.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from collections import Counter
 from dataclasses import dataclass
@@ -261,6 +262,8 @@ def expected_pruned_parameters(channels: int, in_channels: int, num_classes: int
     return total
 
 
+# Pure and slow (it builds a network per candidate width); the few-shot command asks often.
+@functools.cache
 def channels_for_budget(target_parameters: int, in_channels: int, num_classes: int,
                         kept_ratio: float = 1.0) -> int:
     """The (even) width whose expected pruned network, times `kept_ratio` (how much more than
