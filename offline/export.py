@@ -5,7 +5,8 @@
 Reads the store (incumbents and the cross-evaluation at `--budget`) and what
 `python -m offline selector` saved beside it. The generalist is the config with the best mean
 ALC over the known datasets in the cross-evaluation (an incumbent or the default), the config
-the runtime falls back to when the selector is unsure. The written folder is loaded back with
+the runtime falls back to when the selector is unsure; each known dataset's config is the
+candidate with the best cross-evaluated ALC on it (`crosseval.best_configs`). The written folder is loaded back with
 the runtime's own validation before the command reports success.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 
 from autodl_meta.metadata import (CONFIGS_FILE, METADATA_DIR, PROVENANCE_FILE, SELECTOR_FILE,
                                   MetaData)
-from offline.crosseval import alc_matrix, candidate_configs
+from offline.crosseval import alc_matrix, best_configs, candidate_configs
 from offline.selector import REPORT_FILE
 from offline.store import DEFAULT_STORE, REPO_ROOT, ResultStore
 
@@ -53,8 +54,9 @@ def export(store_path: Path, out: Path, budget: float, seed: int, commands: list
     generalist = names[int(np.nanargmax(np.nanmean(matrix, axis=1)))]
     logger.info("generalist: the config of %s (mean ALC %.4f)", generalist,
                 float(np.nanmean(matrix[names.index(generalist)])))
+    config_of = best_configs(names, matrix, datasets)
     meta = MetaData(generalist=configs[generalist],
-                    configs={name: incumbents[name].config for name in datasets},
+                    configs={name: configs[config_of[name]] for name in datasets},
                     min_confidence=float(report["min_confidence"]), tuned_budget=budget)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(selector_dir / "selector.npz", out / SELECTOR_FILE)
@@ -68,7 +70,7 @@ def export(store_path: Path, out: Path, budget: float, seed: int, commands: list
                   "backbones": sorted({incumbents[name].backbone for name in datasets}),
                   "selector": report["chosen_kind"], "min_confidence": report["min_confidence"],
                   "fingerprinted_samples": report["max_samples"],
-                  "generalist_from": generalist},
+                  "generalist_from": generalist, "configs_from": config_of},
     }
     (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=1) + "\n")
     return MetaData.load(out)

@@ -9,9 +9,11 @@
    datasets and asked about random batches of each dataset's test fingerprints, for meta-test
    batch sizes 1, 2, 4, ..., 1024.
 3. Leave-one-dataset-out: each kind is trained without the held-out dataset and asked about
-   random batches of it; the selected dataset's incumbent is priced with the cross-evaluation
-   matrix (its ALC on the held-out dataset), against the same-config oracle (the held-out
-   dataset's own incumbent) and the generalist (the single best config on the other datasets).
+   random batches of it; the selected dataset's config (the candidate with the best
+   cross-evaluated ALC on it, the held-out dataset's own incumbent excluded: `best_configs`) is
+   priced with the cross-evaluation matrix (its ALC on the held-out dataset), against the
+   same-config oracle (the held-out dataset's own incumbent) and the generalist (the single best
+   config on the other datasets).
    Below the confidence threshold the runtime takes the generalist: the threshold is chosen here.
 4. The kind with the best mean leave-one-out ALC at the runtime's batch size is trained on all
    known datasets and saved with the report (`<store folder>/selector/`), for `offline export`.
@@ -32,7 +34,7 @@ from autodl_meta.fingerprint import FINGERPRINT_BATCH, Fingerprinter, read_finge
 from autodl_meta.selector import MetaClassifier, build, save_selector
 from ingestion_local import AutoDLDataset
 from offline.cli import add_store_arguments, command_parser, setup_logging
-from offline.crosseval import GENERALIST_NAME, alc_matrix, candidate_configs
+from offline.crosseval import GENERALIST_NAME, alc_matrix, best_configs, candidate_configs
 from offline.evaluate import dataset_paths
 from offline.store import ResultStore
 
@@ -128,6 +130,7 @@ def leave_one_out(kinds: Sequence[str], fingerprints: dict[str, Fingerprints],
         other_columns = [datasets.index(name) for name in others]
         candidates = [i for i, name in enumerate(configs) if name != held]
         best = max(candidates, key=lambda i: np.nanmean(matrix[i, other_columns]))
+        config_of = best_configs(configs, matrix, datasets, exclude=held)
         features = np.concatenate([fingerprints[held].train, fingerprints[held].test])
         selections: dict[str, dict[int, list[tuple[str, float, float]]]] = {}
         for kind in kinds:
@@ -138,7 +141,8 @@ def leave_one_out(kinds: Sequence[str], fingerprints: dict[str, Fingerprints],
                 picks = []
                 for batch in draw_batches(features, size, repeats, rng):
                     name, confidence = classifier.select(batch)
-                    picks.append((name, confidence, float(matrix[configs.index(name), h])))
+                    picks.append((name, confidence,
+                                  float(matrix[configs.index(config_of[name]), h])))
                 selections[kind][size] = picks
         results.append(HeldOut(held, float(matrix[configs.index(held), h]),
                                float(matrix[best, h]), float(matrix[generalist_row, h]),

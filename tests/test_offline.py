@@ -103,7 +103,8 @@ def test_selector_and_export_write_a_metadata_folder_the_runtime_uses(
     data_dir = small_image_dataset.parent
     store_path = tmp_path / "results" / "store.sqlite"
     # The search itself is tested above; here the store is filled with a known matrix, so the
-    # selector's pricing and the export can be checked exactly.
+    # selector's pricing and the export can be checked exactly. Each config scores 0.9 on its
+    # own dataset, except on "eight", where the default config's 0.95 beats its own.
     configs = {name: TrainConfig(learning_rate=0.001 * (i + 1)) for i, name in enumerate(names)}
     with ResultStore(store_path) as store:
         for name, config in configs.items():
@@ -111,6 +112,8 @@ def test_selector_and_export_write_a_metadata_folder_the_runtime_uses(
         for i, (source, config) in enumerate([*configs.items(), (GENERALIST_NAME, GENERALIST)]):
             for j, target in enumerate(names):
                 value = 0.9 if source == target else 0.5 + 0.01 * i
+                if (source, target) == (GENERALIST_NAME, "eight"):
+                    value = 0.95
                 store.put(config, Evaluation(target, 30.0, 0, value, value, value))
         matrix = alc_matrix(store, candidate_configs(store), names, 30.0)
     assert matrix.shape == (4, 3) and not np.isnan(matrix).any()
@@ -123,6 +126,11 @@ def test_selector_and_export_write_a_metadata_folder_the_runtime_uses(
         assert held["oracle"] == pytest.approx(0.9)
         for picks in held["selections"]["mlp_vote"].values():
             assert all(name != held["dataset"] for name, _, _ in picks)
+            # A pick is priced with the picked dataset's best config: "eight" brings the
+            # default config (row 3), the others their own incumbents.
+            for name, _, alc in picks:
+                row = 3 if name == "eight" else names.index(name)
+                assert alc == pytest.approx(0.5 + 0.01 * row), (held["dataset"], name)
     identified = report["identification_accuracy"]["nearest_centroid"]
     assert identified["64"] == 1.0, identified  # these three are easy to tell apart
     metadata_dir = tmp_path / "metadata"
@@ -130,8 +138,11 @@ def test_selector_and_export_write_a_metadata_folder_the_runtime_uses(
                         str(metadata_dir)]) == 0
     meta = MetaData.load(metadata_dir)
     assert set(meta.configs) == set(names) and meta.selector is not None
+    assert meta.configs["eight"] == GENERALIST  # the best config on it, not its own incumbent
+    assert meta.configs["colour"] == configs["colour"]
     provenance = json.loads((metadata_dir / "provenance.json").read_text())
     assert {"datasets", "commands", "git_commit", "created", "scale"} <= set(provenance)
+    assert provenance["scale"]["configs_from"]["eight"] == GENERALIST_NAME
 
     # The runtime fingerprints the colour set's first batch and takes the colour config.
     from autodl_meta.learner import Learner
