@@ -6,8 +6,8 @@ Reads the store (incumbents and the cross-evaluation at `--budget`) and what
 `python -m offline selector` saved beside it. The generalist is the config with the best mean
 ALC over the known datasets in the cross-evaluation (an incumbent or the default), the config
 the runtime falls back to when the selector is unsure; each known dataset's config is the
-candidate with the best cross-evaluated ALC on it (`crosseval.best_configs`). The written folder is loaded back with
-the runtime's own validation before the command reports success.
+candidate with the best cross-evaluated ALC on it (`crosseval.best_configs`). The written folder
+is loaded back with the runtime's own validation before the command reports success.
 """
 from __future__ import annotations
 
