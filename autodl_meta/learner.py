@@ -107,7 +107,10 @@ class Learner:
         self.config = self._usable(config or self.meta.generalist)
         self.resolution = effective_resolution(metadata, self.config.resolution)
         self.frames = self.config.test_frames if self.is_video else 1
+        # Built by the second train() call: the first prediction (the pixel model's) does not
+        # wait for the backbone.
         self.trainer: Trainer | None = None
+        self.multilabel = False
         self.policy: TimePolicy | None = None
         self.train_reader: DatasetReader | None = None
         self.test_reader: DatasetReader | None = None
@@ -225,8 +228,6 @@ class Learner:
         logger.info("backbone %s at %d px on %s, %d classes, %s", self.config.backbone,
                     self.resolution, self.device, self.output_dim,
                     "video" if self.is_video else "images")
-        self.trainer = Trainer(self.config, self.output_dim, self.in_channels, multilabel=False,
-                               device=self.device, seed=self.seed)
         self.train_reader = DatasetReader(dataset, self.resolution, self.frames)
         began = time.monotonic()
         self.train_reader.read(max(64, FIRST_READ_COUNT // self.frames),
@@ -234,8 +235,8 @@ class Learner:
         if time.monotonic() - began < EXTRA_READ_SECONDS:
             self.train_reader.read(EXTRA_READ_COUNT // self.frames, seconds=EXTRA_READ_SECONDS)
         labels = self.train_reader.labels
-        self.trainer.set_multilabel(bool((labels.sum(1) > 1).any()))
-        if self.config.embedding_loss != "none" and self.trainer.multilabel:
+        self.multilabel = bool((labels.sum(1) > 1).any())
+        if self.config.embedding_loss != "none" and self.multilabel:
             self._note(f"embedding_loss {self.config.embedding_loss} needs one class per "
                        f"example; on this multilabel data the backbone trains with the "
                        f"classifier's loss")
@@ -243,7 +244,7 @@ class Learner:
         train = complement(self.validation, len(labels))
         self.gnn_train_nodes = graph_nodes(train, self.seed)
         self.quick = PixelLogistic().fit(self.train_reader.images[train], labels[train],
-                                         self.trainer.multilabel)
+                                         self.multilabel)
         self.predict_with = "quick"
         if len(self.validation):
             self.best_validation = nauc(
@@ -253,8 +254,11 @@ class Learner:
                     len(train), self.policy.elapsed(), self.best_validation)
 
     def _fit_head(self) -> None:
-        """Linear head on frozen features of (a prefix of) what the first train() decoded;
-        it replaces the pixel model's prediction when its validation NAUC is higher."""
+        """Build the network, then fit its linear head on frozen features of (a prefix of) what
+        the first train() decoded; it replaces the pixel model's prediction when its validation
+        NAUC is higher."""
+        self.trainer = Trainer(self.config, self.output_dim, self.in_channels, self.multilabel,
+                               device=self.device, seed=self.seed)
         images, labels = self.train_reader.images, self.train_reader.labels
         # On a slow machine or an almost spent budget, the head learns from what was embedded
         # in its share of the time rather than overrun the budget.
@@ -383,7 +387,7 @@ class Learner:
                 self.train_reader.images[self.gnn_train_nodes])
         refined = refine_with_gcn(prediction, self.gnn_train_features,
                                   self.train_reader.labels[self.gnn_train_nodes], test_features,
-                                  self.trainer.multilabel, self.seed)
+                                  self.multilabel, self.seed)
         seconds = time.monotonic() - began
         if seconds > GNN_MAX_SHARE * self.policy.time_budget:
             self.use_gnn = False
