@@ -93,13 +93,10 @@ class Learner:
         if self.device.type == "cpu":
             torch.set_num_threads(usable_cores())
         self.meta = MetaData() if config is not None else self._load_metadata(metadata_dir)
-        # The fingerprint network is built on the first train() call, and only when the budget
-        # is one the shipped configs serve: building it costs time that a skipped selection
-        # would waste.
-        self.selects_config = False
+        self.fingerprinter: Fingerprinter | None = None
         if config is None and self.meta.selector is not None:
             if meta_learning_enabled():
-                self.selects_config = True
+                self.fingerprinter = Fingerprinter(self.in_channels, self.device)
             else:
                 logger.info("meta-learning switched off (%s): generalist config",
                             META_LEARNING_ENV)
@@ -159,8 +156,8 @@ class Learner:
         began = time.monotonic()
         try:
             images = read_fingerprint_batch(dataset)
-            fingerprinter = Fingerprinter(self.in_channels, self.device)
-            name, confidence = self.meta.selector.select(fingerprinter.fingerprints(images))
+            name, confidence = self.meta.selector.select(
+                self.fingerprinter.fingerprints(images))
         except Exception:  # noqa: BLE001 - the generalist is always a safe answer
             logger.exception("dataset selection failed; using the generalist config")
             return
@@ -219,7 +216,7 @@ class Learner:
             self.config = self._usable(GENERALIST)
             logger.info("metadata/ configs were tuned for a %.0f s budget, this run has %.0f s: "
                         "default config", self.meta.tuned_budget, self.policy.time_budget)
-        elif self.selects_config:
+        elif self.fingerprinter is not None:
             self._select_config(dataset)
         self.resolution = effective_resolution(self.metadata, self.config.resolution)
         self.frames = self.config.test_frames if self.is_video else 1
