@@ -185,6 +185,9 @@ class Learner:
             if self.train_reader is None:
                 self._first_train(dataset)
             elif not self.head_fitted:
+                if self.trainer is None:  # kept when a failed head fit is tried again
+                    self.trainer = Trainer(self.config, self.output_dim, self.in_channels,
+                                           self.multilabel, device=self.device, seed=self.seed)
                 self._fit_head()
             else:
                 self._fine_tune()
@@ -251,11 +254,8 @@ class Learner:
                     len(train), self.policy.elapsed(), self.best_validation)
 
     def _fit_head(self) -> None:
-        """Build the network, then fit its linear head on frozen features of (a prefix of) what
-        the first train() decoded; it replaces the pixel model's prediction when its validation
-        NAUC is higher."""
-        self.trainer = Trainer(self.config, self.output_dim, self.in_channels, self.multilabel,
-                               device=self.device, seed=self.seed)
+        """Linear head on frozen features of (a prefix of) what the first train() decoded;
+        it replaces the pixel model's prediction when its validation NAUC is higher."""
         images, labels = self.train_reader.images, self.train_reader.labels
         # On a slow machine or an almost spent budget, the head learns from what was embedded
         # in its share of the time rather than overrun the budget.
