@@ -68,17 +68,14 @@ class Trainer:
         self.projection = (projection_head(extractor.num_features).to(self.device)
                            if config.embedding_loss != "none" else None)
         self.optimizer: torch.optim.Optimizer | None = None
-        self.set_multilabel(multilabel)
+        # Sigmoid outputs and binary cross-entropy per class, or softmax and cross-entropy.
+        self.multilabel = multilabel
+        self.loss_fn = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss()
         self.use_amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.steps = 0
         self.train_seconds = 0.0      # wall-clock spent in train_for, for simulated-time ALC
         self.step_seconds: float | None = None
-
-    def set_multilabel(self, multilabel: bool) -> None:
-        """Sigmoid outputs and binary cross-entropy per class, or softmax and cross-entropy."""
-        self.multilabel = multilabel
-        self.loss_fn = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss()
 
     @property
     def embedding_active(self) -> bool:
