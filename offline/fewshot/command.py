@@ -108,8 +108,9 @@ SCALES = {
                   eval_steps=2, eval_tasks=2, query_per_class=1,
                   sizes={"reptile": ("30k",), "metanas": ("30k",)}),
     # metanas_kept_ratio 3.17: at width 18 (expected 31,933) the tasks kept a median of 101,378.
-    # 5 tasks per meta-iteration as in the paper: with 1 the conv net degraded over longer runs
-    # (reports/fewshot_1200_iterations.md); at 1,000 tasks 200 x 5 beat 500 x 2 and 1000 x 2.
+    # 5 tasks per meta-iteration as in the paper: with 1 the conv net degraded over longer runs;
+    # 200 x 5 beat 500 x 2 at the same 1,000 tasks, and 1000 x 2 at twice as many
+    # (reports/fewshot_meta_batch.md).
     "small": Scale(iterations=200, meta_batch=5, train_shots=5, inner_steps=5, inner_batch=20,
                    eval_steps=10, eval_tasks=20, query_per_class=5,
                    sizes={"reptile": ("30k", "100k"), "metanas": ("30k", "100k")},
