@@ -1,23 +1,46 @@
-"""From the platform's tf.data datasets to compact torch tensors.
+"""From the platform's tf.data datasets to compact torch tensors, whatever the record order.
 
 Examples arrive as float32 `[sequence, row, col, channel]` in [0, 1], of any size. They are
 resized inside tf.data (parallel, in C++) to `resolution x resolution`, `frames` of them sampled
 uniformly in time, and kept as uint8 `[n, frames, channel, resolution, resolution]`: a quarter of
 the memory of floats, converted per batch on the device.
+
+Reading is done by position. A `RecordReader` first reads every record's labels (a pass that
+skips image decoding: tf.data prunes the decode when only the labels are used), so the runtime
+can choose which positions to decode first (a stratified sample, whatever the record order) and
+hold out a stratified validation split. Behind the platform's dataset lies a TFRecord dataset
+mapped by the platform's parse function; when the reader finds both (`indexed`), it decodes only
+the positions asked for, reading the other records' bytes without decoding them. Otherwise
+(`indexed` False: any other tf.data dataset) a pass decodes every record up to the last position
+it needs. Measured costs are in the README ("Reading").
+
+A record that cannot be decoded (corrupt image bytes) is skipped and its position reported in
+`Decoded.failed`; a pass never stops at one.
 """
 from __future__ import annotations
 
+import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 import torch
 
+logger = logging.getLogger(__name__)
+
 DECODE_BATCH = 128
+LABEL_BATCH = 4096
+SELECT_BATCH = 1024   # raw records are picked a batch at a time: cheap per record skipped
+LAYOUT_CHECK = 16     # records compared between the fast and the platform's label parse
+LABEL_FEATURES = {"label_index": tf.io.VarLenFeature(tf.int64),
+                  "label_score": tf.io.VarLenFeature(tf.float32)}
+# A raw-record read buffer large enough that reading is not the cost (tf.data's default: 256 KB).
+RECORD_BUFFER_BYTES = 8 << 20
 
 
 def _preprocess(resolution: int, frames: int):
-    def preprocess(example: tf.Tensor, labels: tf.Tensor):
+    def preprocess(example: tf.Tensor) -> tf.Tensor:
         example = tf.where(tf.math.is_nan(example), tf.zeros_like(example), example)
         length = tf.shape(example)[0]
         index = tf.cast(tf.round(tf.linspace(0.0, tf.cast(length - 1, tf.float32), frames)),
@@ -25,54 +48,273 @@ def _preprocess(resolution: int, frames: int):
         example = tf.image.resize(tf.gather(example, index), (resolution, resolution),
                                   antialias=True)
         example = tf.cast(tf.clip_by_value(example * 255.0 + 0.5, 0.0, 255.0), tf.uint8)
-        return tf.transpose(example, (0, 3, 1, 2)), labels
+        return tf.transpose(example, (0, 3, 1, 2))
     return preprocess
 
 
-class DatasetReader:
-    """Decodes a dataset in pieces, so the first piece is ready within seconds.
+def _fused(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset` with map fusion on: a map that keeps only the labels then drops the decode."""
+    options = tf.data.Options()
+    options.experimental_optimization.map_fusion = True
+    return dataset.with_options(options)
 
-    `read(count, seconds)` decodes up to `count` more examples or until `seconds` pass;
-    everything read so far is in `images` (uint8) and `labels` (float32).
-    """
 
-    def __init__(self, dataset: tf.data.Dataset, resolution: int, frames: int) -> None:
-        pipeline = dataset.map(_preprocess(resolution, frames),
-                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        self._batches = iter(pipeline.batch(DECODE_BATCH).prefetch(2))
-        self._images: list[np.ndarray] = []
-        self._labels: list[np.ndarray] = []
-        self.exhausted = False
-        self.count = 0
+def _platform_parts(dataset: tf.data.Dataset):
+    """(raw records, parse function) behind a platform dataset (a map over serialized
+    records), or None when `dataset` is built any other way."""
+    inner = getattr(dataset, "_dataset", dataset)  # a TF1-style adapter wraps the dataset
+    records = getattr(inner, "_input_dataset", None)
+    wrapper = getattr(inner, "_map_func", None)
+    if records is None or wrapper is None:
+        return None
+    spec = records.element_spec
+    if not (isinstance(spec, tf.TensorSpec) and spec.dtype == tf.string and spec.shape.rank == 0):
+        return None
+    filenames = getattr(records, "_filenames", None)  # a dataset of file names
+    if isinstance(filenames, tf.data.Dataset) and \
+            getattr(records, "_compression_type", None) is None:
+        names = list(filenames.take(2).as_numpy_iterator())
+        if len(names) == 1:
+            # One file: a plain sequential reader gives the same order, without the cost of
+            # the platform's parallel reads (2.5 s against 0.2 s for 60,000 records here).
+            records = tf.data.TFRecordDataset(names, buffer_size=RECORD_BUFFER_BYTES)
+    return records, wrapper.function
 
-    def read(self, count: int | None = None, seconds: float | None = None) -> int:
-        """Decode more examples; return how many were added."""
+
+@dataclass
+class Decoded:
+    """What one read returned: examples at `positions`, and the positions that failed."""
+
+    images: np.ndarray        # uint8 [n, frames, channel, resolution, resolution]
+    labels: np.ndarray        # float32 [n, classes]
+    positions: np.ndarray     # int64 [n], record positions, increasing
+    failed: np.ndarray        # int64, positions asked for that could not be decoded
+
+
+class DecodePass:
+    """One pass over the records that decodes the positions of `wanted` (every position from
+    `start` on when None), in record order; `read(count, seconds)` goes on where the last call
+    stopped."""
+
+    def __init__(self, reader: RecordReader, wanted: np.ndarray | None, start: int = 0) -> None:
+        self.reader = reader
+        self.wanted = None if wanted is None else np.unique(np.asarray(wanted, dtype=np.int64))
+        self.exhausted = self.wanted is not None and len(self.wanted) == 0
+        self._batches = None if self.exhausted else iter(reader.pipeline(self.wanted, start))
+        self._settled = start - 1  # every position up to here was returned or reported failed
+
+    def read(self, count: int | None = None, seconds: float | None = None) -> Decoded:
+        """Decode up to `count` more wanted examples, or for about `seconds` (at least one
+        batch), or to the end of the pass."""
         began = time.monotonic()
+        images, labels, positions = [], [], []
         added = 0
         while not self.exhausted and (count is None or added < count):
             if seconds is not None and added and time.monotonic() - began > seconds:
                 break
             try:
-                images, labels = next(self._batches)
+                batch_positions, batch_images, batch_labels = next(self._batches)
             except StopIteration:
                 self.exhausted = True
                 break
-            self._images.append(images.numpy())
-            self._labels.append(labels.numpy())
-            added += len(images)
-        self.count += added
-        if len(self._images) > 1:  # keep one array each, so indexing stays cheap
-            self._images = [np.concatenate(self._images)]
-            self._labels = [np.concatenate(self._labels)]
-        return added
+            positions.append(batch_positions.numpy())
+            images.append(batch_images.numpy())
+            labels.append(batch_labels.numpy())
+            added += len(positions[-1])
+        decoded = self._stack(images, labels, positions)
+        decoded.failed = self._settle(decoded.positions)
+        return decoded
 
-    def read_all(self) -> None:
-        self.read()
+    def _stack(self, images: list, labels: list, positions: list) -> Decoded:
+        if not positions:
+            shape = (0, self.reader.frames, self.reader.channels, self.reader.resolution,
+                     self.reader.resolution)
+            return Decoded(np.zeros(shape, np.uint8), np.zeros((0, self.reader.classes),
+                                                               np.float32),
+                           np.zeros(0, np.int64), np.zeros(0, np.int64))
+        return Decoded(np.concatenate(images), np.concatenate(labels).astype(np.float32),
+                       np.concatenate(positions).astype(np.int64), np.zeros(0, np.int64))
 
-    @property
-    def images(self) -> torch.Tensor:
-        return torch.from_numpy(self._images[0]) if self._images else torch.empty(0)
+    def _settle(self, returned: np.ndarray) -> np.ndarray:
+        """The wanted positions that the pass went by without returning: failed records."""
+        if self.exhausted:
+            if self.wanted is not None:
+                last = int(self.wanted[-1])
+            elif self.reader.count is not None:
+                last = self.reader.count - 1
+            else:  # an unknown number of records: a failure at the very end goes unseen
+                last = int(returned[-1]) if len(returned) else self._settled
+        else:
+            last = int(returned[-1]) if len(returned) else self._settled
+        if self.wanted is None:
+            expected = np.arange(self._settled + 1, last + 1, dtype=np.int64)
+        else:
+            low = np.searchsorted(self.wanted, self._settled, side="right")
+            expected = self.wanted[low:np.searchsorted(self.wanted, last, side="right")]
+        self._settled = max(self._settled, last)
+        return np.setdiff1d(expected, returned, assume_unique=True)
 
-    @property
-    def labels(self) -> torch.Tensor:
-        return torch.from_numpy(self._labels[0]).float() if self._labels else torch.empty(0)
+
+class RecordReader:
+    """Labels and decoded examples of one dataset, by record position (see the module doc)."""
+
+    def __init__(self, dataset: tf.data.Dataset, resolution: int, frames: int) -> None:
+        self.dataset = dataset
+        self.resolution, self.frames = resolution, frames
+        example_spec, labels_spec = dataset.element_spec[0], dataset.element_spec[-1]
+        self.channels = int(example_spec.shape[-1])
+        self.classes = int(labels_spec.shape[-1])
+        parts = _platform_parts(dataset)
+        self.indexed = parts is not None
+        self._records, self._parse = parts if parts is not None else (None, None)
+        self.count: int | None = None  # known once a label pass has finished
+
+    def with_resolution(self, resolution: int, frames: int) -> RecordReader:
+        """The same records, decoded at another resolution (the count is kept)."""
+        reader = RecordReader(self.dataset, resolution, frames)
+        reader.count = self.count
+        return reader
+
+    def _examples(self) -> tf.data.Dataset:
+        """(position, example, labels) of every record, decoded."""
+        if self.indexed:
+            return self._records.enumerate().map(
+                lambda position, record: (position, *self._parse(record)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return self.dataset.enumerate().map(
+            lambda position, element: (position, *element), deterministic=True)
+
+    def read_labels(self, seconds: float | None = None) -> tuple[np.ndarray, bool]:
+        """Every record's labels `[count, classes]` in record order, and whether the pass
+        reached the end (False when it ran out of `seconds`: a prefix's labels)."""
+        began = time.monotonic()
+        positions, labels = [], []
+        finished = True
+        for batch_positions, batch_labels in self._label_batches():
+            positions.append(batch_positions.numpy())
+            labels.append(batch_labels.numpy())
+            if seconds is not None and time.monotonic() - began > seconds:
+                finished = False
+                break
+        if not positions:
+            self.count = 0 if finished else None
+            return np.zeros((0, self.classes), np.float32), finished
+        positions = np.concatenate(positions)
+        table = np.zeros((int(positions[-1]) + 1, self.classes), np.float32)
+        table[positions] = np.concatenate(labels)
+        if finished:
+            self.count = len(table)
+        return table, finished
+
+    def _label_batches(self) -> tf.data.Dataset:
+        """Batches of (positions, labels), without decoding an image."""
+        if self.indexed and self._labels_in_context():
+            return self._records.batch(LABEL_BATCH).enumerate().map(
+                lambda index, batch: (index * LABEL_BATCH + tf.range(
+                    tf.shape(batch, out_type=tf.int64)[0]), self._context_labels(batch)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
+        if self.indexed:
+            labelled = self._records.enumerate().map(
+                lambda position, record: (position, self._parse(record)[-1]),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        else:  # the map comes first, so that fusion can drop the platform's decode
+            labelled = self.dataset.map(lambda *element: element[-1]).enumerate()
+        return _fused(labelled.ignore_errors().batch(LABEL_BATCH).prefetch(2))
+
+    def _context_labels(self, batch: tf.Tensor) -> tf.Tensor:
+        """Labels `[n, classes]` of serialized records, from the AutoDL format's context
+        fields (`label_index`, `label_score`) parsed a batch at a time: 60,000 records in
+        0.25 s here, against 3 s through the platform's parse one record at a time."""
+        context, _, _ = tf.io.parse_sequence_example(batch, context_features=LABEL_FEATURES)
+        index, score = context["label_index"], context["label_score"]
+        keep = (index.values >= 0) & (index.values < self.classes)
+        at = tf.stack([index.indices[:, 0], index.values], axis=1)
+        return tf.scatter_nd(tf.boolean_mask(at, keep), tf.boolean_mask(score.values, keep),
+                             tf.stack([tf.shape(batch, out_type=tf.int64)[0],
+                                       tf.constant(self.classes, tf.int64)]))
+
+    def _labels_in_context(self) -> bool:
+        """Whether the batched context parse gives the platform parse's labels (checked on
+        the first records): the fast label pass relies on the AutoDL record layout."""
+        try:
+            sample = next(iter(self._records.take(LAYOUT_CHECK).batch(LAYOUT_CHECK)))
+            fast = self._context_labels(sample).numpy()
+            exact = np.stack([self._parse(record)[-1].numpy() for record in sample])
+        except (tf.errors.OpError, ValueError, StopIteration):
+            return False
+        return fast.shape == exact.shape and bool(np.allclose(fast, exact))
+
+    def pipeline(self, wanted: np.ndarray | None, start: int = 0) -> tf.data.Dataset:
+        """Batches of (positions, images, labels) of the `wanted` positions (all from `start`
+        when None): in an indexed reader the other records are read but not decoded."""
+        preprocess = _preprocess(self.resolution, self.frames)
+        if wanted is None and start > 0 and self.indexed:
+            examples = self._records.enumerate().skip(start).map(
+                lambda position, record: (position, *self._parse(record)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        elif wanted is None:
+            examples = self._examples().skip(start)
+        else:
+            mask = np.zeros(int(wanted[-1]) + 1, dtype=bool)
+            mask[wanted] = True
+            table = tf.constant(mask)
+
+            def is_wanted(position, *rest):
+                return tf.gather(table, position)
+
+            if self.indexed:
+                examples = self._selected_records(mask).map(
+                    lambda position, record: (position, *self._parse(record)),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            else:
+                examples = self._examples().take(len(mask)).filter(is_wanted)
+        examples = examples.map(lambda position, example, labels:
+                                (position, preprocess(example), labels),
+                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return examples.ignore_errors().batch(DECODE_BATCH).prefetch(2)
+
+    def _selected_records(self, mask: np.ndarray) -> tf.data.Dataset:
+        """(position, record) of the positions where `mask` holds, picked from batches of raw
+        records (64 of 60,000 in 0.3 s here, against 2 s record by record)."""
+        table = tf.constant(mask)
+        size = tf.constant(len(mask), tf.int64)
+
+        def select(index, batch):
+            positions = index * SELECT_BATCH + tf.range(tf.shape(batch, out_type=tf.int64)[0])
+            inside = positions < size
+            chosen = tf.gather(table, tf.boolean_mask(positions, inside))
+            return (tf.boolean_mask(tf.boolean_mask(positions, inside), chosen),
+                    tf.boolean_mask(tf.boolean_mask(batch, inside), chosen))
+
+        batches = -(-len(mask) // SELECT_BATCH)
+        return self._records.batch(SELECT_BATCH).take(batches).enumerate().map(
+            select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+
+    def decode_pass(self, wanted: np.ndarray | None = None, start: int = 0) -> DecodePass:
+        return DecodePass(self, wanted, start)
+
+    def decode(self, wanted: np.ndarray | None = None, seconds: float | None = None
+               ) -> Decoded:
+        """The `wanted` positions (all when None) in one pass, or what `seconds` allowed."""
+        return self.decode_pass(wanted).read(seconds=seconds)
+
+
+def count_records(dataset: tf.data.Dataset) -> int:
+    """How many records `dataset` holds, the undecodable ones included."""
+    parts = _platform_parts(dataset)
+    if parts is not None:
+        return int(parts[0].reduce(np.int64(0), lambda count, record: count + 1))
+    # Element by element: an element that fails still counts, and the pass goes on after it.
+    iterator, count = iter(_fused(dataset.map(lambda *element: 0))), 0
+    while True:
+        try:
+            next(iterator)
+        except StopIteration:
+            return count
+        except tf.errors.InvalidArgumentError:
+            pass
+        count += 1
+
+
+def as_torch(decoded: Decoded) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(decoded.images), torch.from_numpy(decoded.labels)

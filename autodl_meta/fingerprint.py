@@ -3,9 +3,10 @@
 Section 6.1 of the paper: the distribution of a frozen network's features over a batch of a
 dataset is its "fingerprint", the meta-features the meta-classifier compares with the known
 datasets. The transform here is the one place that defines it, so the offline training of the
-meta-classifiers and the runtime see exactly the same numbers: the first `FINGERPRINT_BATCH`
-examples, one frame per clip, resized to `FINGERPRINT_RESOLUTION`, through EfficientNet-Lite0's
-pooled second-to-last layer (the paper found that layer better than the class outputs).
+meta-classifiers and the runtime see exactly the same numbers: `FINGERPRINT_BATCH` examples,
+one frame per clip, resized to `FINGERPRINT_RESOLUTION`, through EfficientNet-Lite0's
+pooled second-to-last layer (the paper found that layer better than the class outputs). The
+runtime fingerprints a random sample of the records, whatever their order.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import tensorflow as tf
 import torch
 
 from autodl_meta.backbones import FeatureExtractor
-from autodl_meta.data import DatasetReader
+from autodl_meta.data import RecordReader
 from autodl_meta.trainer import pick_device, to_float
 
 FINGERPRINT_BACKBONE = "efficientnet-lite0"
@@ -22,12 +23,15 @@ FINGERPRINT_RESOLUTION = 64
 FINGERPRINT_BATCH = 64
 
 
-def read_fingerprint_batch(dataset: tf.data.Dataset, count: int = FINGERPRINT_BATCH
-                           ) -> torch.Tensor:
-    """The first `count` examples of `dataset` as uint8 `[n, 1, channel, res, res]`."""
-    reader = DatasetReader(dataset.take(count), FINGERPRINT_RESOLUTION, frames=1)
-    reader.read_all()
-    return reader.images
+def read_fingerprint_batch(dataset: tf.data.Dataset, count: int = FINGERPRINT_BATCH,
+                           positions: np.ndarray | None = None) -> torch.Tensor:
+    """The examples of `dataset` at `positions` (the first `count` when None; the known
+    datasets are stored shuffled) as uint8 `[n, 1, channel, res, res]`; records that cannot be
+    decoded are left out."""
+    if positions is None:
+        positions = np.arange(count)
+    decoded = RecordReader(dataset, FINGERPRINT_RESOLUTION, frames=1).decode(positions)
+    return torch.from_numpy(decoded.images)
 
 
 class Fingerprinter:

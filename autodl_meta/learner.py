@@ -1,21 +1,30 @@
-"""The AutoDL model API over the runtime stages: decode, head on frozen features, fine-tune.
+"""The AutoDL model API over the runtime's phases: read, pixel model, frozen head, fine-tuning.
 
-`Learner(metadata)` is what model.py exposes as `Model`. The first `train()` fingerprints a
-first batch of the training set, asks the meta-classifier in `metadata/` which known dataset it
-resembles and takes that dataset's config (the generalist config when the selector is unsure,
-when `metadata/` holds none, or when AUTODL_META_LEARNING=0); it then decodes a first piece of the
-training set and fits a ridge model on pixels, so the first `test()` returns a real prediction
-within seconds. The second `train()` fits a linear head on frozen pretrained features; later calls
-fine-tune the whole network for time slices chosen by the TimePolicy. No exception escapes
-`train`/`test`: a failure is logged and the last good prediction is returned.
+`Learner(metadata)` is what model.py exposes as `Model`. Each `train()` call runs the current
+phase (`Phase`):
+- READ (first call): every training record's labels (no image decoded), a stratified validation
+  split and a stratified first chunk of examples (`pool.ReadPlan`), whatever the record order;
+  the fingerprint of a random sample picks the config of the closest known dataset (the
+  generalist's when the selector is unsure, when metadata/ holds none or serves another budget,
+  or when AUTODL_META_LEARNING=0); then PIXEL in the same call: logistic regression on pixels,
+  so the first `test()` returns a real prediction within seconds.
+- HEAD: the network is built and a linear head fitted on its frozen features.
+- FINE_TUNE: the whole network trains for a slice sized by the TimePolicy, while more of the
+  training set is decoded.
+Every model is a candidate of the `Blend`: it joins the prediction only when the blend's
+validation NAUC rises, so `test()` computes a new prediction only then and otherwise returns the
+last one at no cost. No exception escapes `train`/`test`: a failure is logged once (then
+counted), a failing phase is retried once and then skipped, and when nothing is left to run the
+run says `done_training`. Undecodable records are skipped; their test rows get the class prior.
+A JSON run record (autodl_meta/record.py) is written after every call.
 """
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import os
 import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -23,36 +32,52 @@ import torch
 
 # The first torch optimiser imports torch._dynamo (1-2 s on a CPU): importing it with this
 # module, before the budget starts, keeps that time away from the first prediction.
-import torch._dynamo
+import torch._dynamo  # noqa: F401
 
 from autodl_meta.backbones import available_backbones
 from autodl_meta.config import GENERALIST, TrainConfig
-from autodl_meta.data import DatasetReader
-from autodl_meta.fingerprint import Fingerprinter, read_fingerprint_batch
+from autodl_meta.data import RecordReader, count_records
+from autodl_meta.fingerprint import FINGERPRINT_BATCH, Fingerprinter, read_fingerprint_batch
 from autodl_meta.metadata import METADATA_DIR, MetaData, MetadataError
 from autodl_meta.policy import TimePolicy
-from autodl_meta.quick import PixelLogistic
+from autodl_meta.pool import FIRST_CHUNK, ReadPlan, TestSet, TrainingData
+from autodl_meta.record import ErrorLog, PredictionEntry, RunRecord, TimeLedger, run_record_path
+from autodl_meta.stages import (HEAD_SHARE, Blend, Candidate, FineTuneStage, HeadStage,
+                                PixelStage)
 from autodl_meta.techniques import refine_with_gcn
 from autodl_meta.trainer import Trainer, pick_device, usable_cores
-from autodl_meta.validation import complement, nauc, split_validation
+from autodl_meta.validation import nauc
 
 logger = logging.getLogger("autodl_meta")
 
-# The first train() decodes up to FIRST_READ_COUNT frames (or for FIRST_READ_SECONDS); when that
-# was quick (small images), up to EXTRA_READ_COUNT more for the pixel model, so that small
-# datasets are whole from the first prediction. The head embeds the first FIRST_READ_COUNT.
-FIRST_READ_COUNT = 512
+# The label pass stops after this long (a huge dataset); the rest is decoded in record order.
+LABEL_PASS_SECONDS = 5.0
+# The first chunk (validation + FIRST_CHUNK examples) may take this long; when it took less
+# than EXTRA_READ_SECONDS (small images), up to EXTRA_READ_COUNT more follow for the pixel model.
 FIRST_READ_SECONDS = 4.0
 EXTRA_READ_COUNT = 1536
 EXTRA_READ_SECONDS = 0.5
-# Share of the remaining budget the head's feature pass over the training examples may take.
-HEAD_SHARE = 0.15
+READ_SHARE = 0.3             # of a fine-tuning slice, for decoding more training examples
 DEFAULT_TIME_BUDGET = 1200.0
 # Set to 0 (or off/false/no) to skip the dataset selection and run the generalist config.
 META_LEARNING_ENV = "AUTODL_META_LEARNING"
 GNN_TRAIN_NODES = 500        # labelled nodes of the transductive graph
 GNN_MAX_SHARE = 0.1          # of the time budget one refinement may take
-RECENT_PREDICTIONS = 3       # network predictions averaged when validation says it helps
+MAX_FAILURES = 2             # consecutive failures of a phase before it is given up
+VALIDATION_SLICE_FACTOR = 4  # a slice trains at least this many times its validation pass
+
+
+class Phase(enum.Enum):
+    READ = "read"
+    PIXEL = "pixel"
+    HEAD = "head"
+    FINE_TUNE = "fine_tune"
+    DONE = "done"
+
+
+# What a phase that is given up leads to (reading failed: nothing to learn from).
+NEXT_PHASE = {Phase.READ: Phase.DONE, Phase.PIXEL: Phase.HEAD, Phase.HEAD: Phase.FINE_TUNE,
+              Phase.FINE_TUNE: Phase.DONE}
 
 
 def meta_learning_enabled() -> bool:
@@ -92,45 +117,50 @@ class Learner:
         self.device = pick_device()
         if self.device.type == "cpu":
             torch.set_num_threads(usable_cores())
+        self.record = RunRecord()
+        self.ledger = TimeLedger()
+        self.errors = ErrorLog()
+        self.record_path = run_record_path()
         self.meta = MetaData() if config is not None else self._load_metadata(metadata_dir)
         self.fingerprinter: Fingerprinter | None = None
+        self.selection_reason = "forced config" if config is not None else "generalist"
         if config is None and self.meta.selector is not None:
             if meta_learning_enabled():
                 self.fingerprinter = Fingerprinter(self.in_channels, self.device)
             else:
+                self.selection_reason = f"meta-learning switched off ({META_LEARNING_ENV})"
                 logger.info("meta-learning switched off (%s): generalist config",
                             META_LEARNING_ENV)
         self.selected: str | None = None
         self.config = self._usable(config or self.meta.generalist)
         self.resolution = effective_resolution(metadata, self.config.resolution)
         self.frames = self.config.test_frames if self.is_video else 1
+        self.phase = Phase.READ
+        self.failures = 0           # consecutive failures of the current phase
+        self.test_failures = 0
+        self.policy: TimePolicy | None = None
+        self.plan: ReadPlan | None = None
+        self.data: TrainingData | None = None
+        self.test_set: TestSet | None = None
+        self.multilabel = False
         # Built by the second train() call: the first prediction (the pixel model's) does not
         # wait for the backbone.
         self.trainer: Trainer | None = None
-        self.multilabel = False
-        self.policy: TimePolicy | None = None
-        self.train_reader: DatasetReader | None = None
-        self.test_reader: DatasetReader | None = None
-        self.quick: PixelLogistic | None = None
-        self.head_fitted = False
-        self.validation = torch.empty(0, dtype=torch.long)
-        self.best_validation = -np.inf
-        # Validation scores of the network state the next test() predicts with, and the
-        # (validation, test) scores of the recent accepted states.
-        self.accepted_validation: np.ndarray | None = None
-        self.recent: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=RECENT_PREDICTIONS)
-        # Which model the next test() should use: "quick" (pixels), "head" (frozen features),
-        # "network" (fine-tuned), or None to keep returning the last prediction.
-        self.predict_with: str | None = None
-        self.test_seconds = 0.0
+        self.pixel = PixelStage(multilabel=False, seed=seed)
+        self.head: HeadStage | None = None
+        self.fine_tune: FineTuneStage | None = None
+        self.head_candidate: Candidate | None = None
+        self.blend = Blend()
+        self.predicted_version = 0  # the blend version of the last prediction
         self.last_prediction: np.ndarray | None = None
+        self.test_seconds = 0.0     # the slowest network test pass, kept free at the end
         self.use_gnn = self.config.transductive_gnn
         self.gnn_train_nodes = torch.empty(0, dtype=torch.long)
         self.gnn_train_features: torch.Tensor | None = None
         self.pace_checked = False
         # What a technique could not do as configured (too slow, unsuitable data): logged and
         # kept, so that a benchmark can report it beside the score.
-        self.notes: list[str] = []
+        self.notes: list[str] = self.record.notes
 
     @staticmethod
     def _load_metadata(folder: Path) -> MetaData:
@@ -151,27 +181,6 @@ class Learner:
             config = TrainConfig.from_dict({**config.to_dict(), "backbone": available[0]})
         return config
 
-    def _select_config(self, dataset) -> None:
-        """Fingerprint a first batch and take the config of the closest known dataset."""
-        began = time.monotonic()
-        try:
-            images = read_fingerprint_batch(dataset)
-            name, confidence = self.meta.selector.select(
-                self.fingerprinter.fingerprints(images))
-        except Exception:  # noqa: BLE001 - the generalist is always a safe answer
-            logger.exception("dataset selection failed; using the generalist config")
-            return
-        seconds = time.monotonic() - began
-        if confidence < self.meta.min_confidence:
-            logger.info("selector unsure (closest %s, confidence %.2f < %.2f, %.2f s): "
-                        "generalist config", name, confidence, self.meta.min_confidence,
-                        seconds)
-            return
-        self.selected = name
-        self.config = self._usable(self.meta.configs[name])
-        logger.info("selected %s (confidence %.2f, %d samples, %.2f s)", name, confidence,
-                    len(images), seconds)
-
     def _note(self, message: str) -> None:
         if message not in self.notes:
             logger.warning("%s", message)
@@ -179,141 +188,263 @@ class Learner:
 
     # -- the platform's API -------------------------------------------------------------------
     def train(self, dataset, remaining_time_budget: float | None = None) -> None:
-        try:
-            if self.policy is None:
-                self.policy = TimePolicy(remaining_time_budget or DEFAULT_TIME_BUDGET)
-            if self.train_reader is None:
-                self._first_train(dataset)
-            elif not self.head_fitted:
-                if self.trainer is None:  # kept when a failed head fit is tried again
-                    self.trainer = Trainer(self.config, self.output_dim, self.in_channels,
-                                           self.multilabel, device=self.device, seed=self.seed)
-                self._fit_head()
-            else:
-                self._fine_tune()
-        except Exception:  # noqa: BLE001 - never crash out of train(); see the module doc
-            logger.exception("train() failed; the last good prediction stays in use")
-
-    def test(self, dataset, remaining_time_budget: float | None = None) -> np.ndarray:
+        if self.policy is None:
+            self.policy = TimePolicy(remaining_time_budget or DEFAULT_TIME_BUDGET)
+        if self.phase is Phase.DONE:
+            self.done_training = True
+            return
         began = time.monotonic()
         try:
-            prediction = self._predict(dataset)
-            if prediction.shape[1] != self.output_dim or not np.isfinite(prediction).all():
-                raise ValueError(f"bad prediction of shape {prediction.shape}")
-            self.last_prediction = prediction
-        except Exception:  # noqa: BLE001 - never crash out of test(); see the module doc
-            logger.exception("test() failed; returning the last good prediction")
-        # The slowest test so far (a full network pass with TTA) sizes the time kept free.
-        self.test_seconds = max(self.test_seconds, time.monotonic() - began)
+            self._run(dataset)
+            self.failures = 0
+        except Exception as err:  # noqa: BLE001 - never crash out of train(); see the doc
+            self._failed(err)
+        if self.phase is Phase.DONE:
+            self.done_training = True
+        self._write_record()
+
+    def test(self, dataset, remaining_time_budget: float | None = None) -> np.ndarray:
+        new = False
+        try:
+            if self.test_set is None:
+                with self.ledger.timed("read_test"):
+                    self.test_set = TestSet(dataset, self.resolution, self.frames)
+                self._count_undecodable("test", len(self.test_set.failed))
+            if self.blend.version != self.predicted_version and self.blend.candidates:
+                self.last_prediction = self._predict()
+                new = True
+            self.predicted_version = self.blend.version
+            self.test_failures = 0
+        except Exception as err:  # noqa: BLE001 - never crash out of test(); see the doc
+            self.errors.report("test", err)
+            self.predicted_version = self.blend.version  # not tried again until it changes
+            self.test_failures += 1
+            if self.test_failures >= MAX_FAILURES:
+                self.phase = Phase.DONE
+        if self.last_prediction is None:
+            self.last_prediction = self._prior_prediction(dataset)
         if self.policy is not None and not self.policy.can_afford(self.test_seconds):
             self.done_training = True
-        if self.last_prediction is None:
-            self.last_prediction = np.zeros((self._count(dataset), self.output_dim))
+        if self.phase is Phase.DONE:
+            self.done_training = True
+        self._record_prediction(new)
         return self.last_prediction
 
-    # -- stages -------------------------------------------------------------------------------
-    def _first_train(self, dataset) -> None:
+    # -- phases -------------------------------------------------------------------------------
+    def _run(self, dataset) -> None:
+        """The current phase (READ and PIXEL in one call: the first prediction comes from
+        it), each timed in the run record."""
+        if self.phase is Phase.READ:
+            self._timed(Phase.READ, lambda: self._read(dataset), then=Phase.PIXEL)
+        if self.phase is Phase.PIXEL:
+            self._timed(Phase.PIXEL, self._fit_pixel, then=Phase.HEAD)
+        elif self.phase is Phase.HEAD:
+            self._timed(Phase.HEAD, self._fit_head, then=Phase.FINE_TUNE)
+        elif self.phase is Phase.FINE_TUNE:
+            if self.trainer is None:  # no network was built: nothing left to train
+                self.phase = Phase.DONE
+                return
+            self._timed(Phase.FINE_TUNE, self._fine_tune, then=Phase.FINE_TUNE)
+
+    def _timed(self, phase: Phase, work, then: Phase) -> None:
+        entry = self.record.stage(phase.value)
+        if entry.started is None:
+            entry.started = round(self.policy.elapsed(), 3)
+        began = time.monotonic()
+        try:
+            work()
+        finally:
+            entry.seconds = round(entry.seconds + time.monotonic() - began, 3)
+        if self.phase is phase:  # the work may have ended the run
+            self.phase = then
+        entry.status = "running" if self.phase is phase else "done"
+
+    def _failed(self, error: Exception) -> None:
+        """The current phase failed: retried at the next call, given up after MAX_FAILURES."""
+        phase = self.phase
+        entry = self.record.stage(phase.value)
+        self.errors.report(f"train ({phase.value})", error)
+        self.failures += 1
+        entry.failures += 1
+        if self.failures >= MAX_FAILURES:
+            entry.status = "failed"
+            self.phase, self.failures = NEXT_PHASE[phase], 0
+            logger.warning("phase %s given up after %d failures; next: %s", phase.value,
+                           entry.failures, self.phase.value)
+
+    def _read(self, dataset) -> None:
+        reader = RecordReader(dataset, self.resolution, self.frames)
+        began = time.monotonic()
+        with self.ledger.timed("read_labels"):
+            labels, complete = reader.read_labels(seconds=self._cap(LABEL_PASS_SECONDS))
+        if not len(labels):
+            raise ValueError("the training set holds no readable record")
+        self.plan = ReadPlan.from_labels(labels, complete, self.seed)
+        self.multilabel = self.plan.multilabel
+        self.pixel.multilabel = self.multilabel
+        self.record.dataset = {
+            "train_records": reader.count if complete else f">= {len(labels)}",
+            "classes": self.output_dim, "classes_in_train": self.plan.classes_present,
+            "multilabel": self.multilabel, "video": self.is_video,
+            "reader": "indexed" if reader.indexed else "stream",
+            "label_pass_seconds": round(time.monotonic() - began, 3),
+            "validation_examples": len(self.plan.validation)}
+        logger.info("labels of %d training records read in %.2f s (%s reader, %d of %d classes "
+                    "present, %d held out for validation)", len(labels),
+                    time.monotonic() - began, self.record.dataset["reader"],
+                    self.plan.classes_present, self.output_dim, len(self.plan.validation))
+        self._choose_config(reader)
+        self.data = TrainingData(reader.with_resolution(self.resolution, self.frames), self.plan)
+        began = time.monotonic()
+        with self.ledger.timed("read_train"):
+            self.data.read(count=len(self.plan.validation) + FIRST_CHUNK,
+                           seconds=self._cap(FIRST_READ_SECONDS))
+            if time.monotonic() - began < EXTRA_READ_SECONDS:
+                self.data.read(count=EXTRA_READ_COUNT, seconds=EXTRA_READ_SECONDS)
+        self._count_undecodable("train", self.data.undecodable)
+        pool = self.data.pool
+        self.record.dataset["first_read"] = {
+            "examples": len(pool), "seconds": round(time.monotonic() - began, 3),
+            "classes": int((pool.labels.sum(0) > 0).sum()) if len(pool) else 0,
+            "near_copies_excluded": int(pool.excluded.sum())}
+
+    def _cap(self, seconds: float) -> float:
+        """`seconds`, or less when the budget is short: a tenth of what remains."""
+        return min(seconds, max(0.1, 0.1 * self.policy.remaining()))
+
+    def _choose_config(self, reader: RecordReader) -> None:
+        """The config of the known dataset the fingerprint of a random sample resembles."""
         if self.meta.configs and not self.meta.serves(self.policy.time_budget):
             # Configs tuned for another budget can do worse than the default (measured: 30-s
             # configs on moving_mnist at 300 s); they wait for a search at this scale.
             self.config = self._usable(GENERALIST)
+            self.selection_reason = (f"configs tuned for {self.meta.tuned_budget:.0f} s, "
+                                     f"run of {self.policy.time_budget:.0f} s: default config")
             logger.info("metadata/ configs were tuned for a %.0f s budget, this run has %.0f s: "
                         "default config", self.meta.tuned_budget, self.policy.time_budget)
         elif self.fingerprinter is not None:
-            self._select_config(dataset)
+            self._select_config(reader)
         self.resolution = effective_resolution(self.metadata, self.config.resolution)
         self.frames = self.config.test_frames if self.is_video else 1
         self.use_gnn = self.config.transductive_gnn
+        self.record.selection = {"selected": self.selected, "reason": self.selection_reason,
+                                 **self.record.selection}
+        self.record.config = {**self.config.to_dict(), "effective_resolution": self.resolution}
         logger.info("config %s", json.dumps(self.config.to_dict(), sort_keys=True))
         logger.info("backbone %s at %d px on %s, %d classes, %s", self.config.backbone,
                     self.resolution, self.device, self.output_dim,
                     "video" if self.is_video else "images")
-        self.train_reader = DatasetReader(dataset, self.resolution, self.frames)
+
+    def _select_config(self, reader: RecordReader) -> None:
         began = time.monotonic()
-        self.train_reader.read(max(64, FIRST_READ_COUNT // self.frames),
-                               seconds=FIRST_READ_SECONDS)
-        if time.monotonic() - began < EXTRA_READ_SECONDS:
-            self.train_reader.read(EXTRA_READ_COUNT // self.frames, seconds=EXTRA_READ_SECONDS)
-        labels = self.train_reader.labels
-        self.multilabel = bool((labels.sum(1) > 1).any())
-        if self.config.embedding_loss != "none" and self.multilabel:
-            self._note(f"embedding_loss {self.config.embedding_loss} needs one class per "
-                       f"example; on this multilabel data the backbone trains with the "
-                       f"classifier's loss")
-        self.validation = split_validation(len(labels))
-        train = complement(self.validation, len(labels))
-        self.gnn_train_nodes = graph_nodes(train, self.seed)
-        self.quick = PixelLogistic().fit(self.train_reader.images[train], labels[train],
-                                         self.multilabel)
-        self.predict_with = "quick"
-        if len(self.validation):
-            self.best_validation = nauc(
-                labels[self.validation].numpy(),
-                self.quick.predict(self.train_reader.images[self.validation]))
+        try:
+            with self.ledger.timed("fingerprint"):
+                # A plain reader decodes every record up to the last position asked for: it
+                # takes the first ones instead.
+                positions = (self.plan.sample(FINGERPRINT_BATCH, self.seed) if reader.indexed
+                             else np.arange(min(FINGERPRINT_BATCH, len(self.plan.labels))))
+                images = read_fingerprint_batch(reader.dataset, positions=positions)
+                name, confidence = self.meta.selector.select(
+                    self.fingerprinter.fingerprints(images))
+        except Exception as err:  # noqa: BLE001 - the generalist is always a safe answer
+            self.errors.report("dataset selection", err)
+            self.selection_reason = "selection failed: generalist config"
+            return
+        seconds = time.monotonic() - began
+        self.record.selection = {"closest": name, "confidence": round(confidence, 4),
+                                 "seconds": round(seconds, 3), "samples": len(images)}
+        if confidence < self.meta.min_confidence:
+            self.selection_reason = "selector unsure: generalist config"
+            logger.info("selector unsure (closest %s, confidence %.2f < %.2f, %.2f s): "
+                        "generalist config", name, confidence, self.meta.min_confidence,
+                        seconds)
+            return
+        self.selected = name
+        self.selection_reason = "selected"
+        self.config = self._usable(self.meta.configs[name])
+        logger.info("selected %s (confidence %.2f, %d samples, %.2f s)", name, confidence,
+                    len(images), seconds)
+
+    def _fit_pixel(self) -> None:
+        pool = self.data.pool
+        with self.ledger.timed("fit"):
+            candidate = self.pixel.fit(pool)
+        self._consider(candidate)
         logger.info("pixel model fitted on %d examples at %.1f s (validation NAUC %.4f)",
-                    len(train), self.policy.elapsed(), self.best_validation)
+                    len(pool.fit_rows()), self.policy.elapsed(), self.blend.score)
 
     def _fit_head(self) -> None:
-        """Linear head on frozen features of (a prefix of) what the first train() decoded;
-        it replaces the pixel model's prediction when its validation NAUC is higher."""
-        images, labels = self.train_reader.images, self.train_reader.labels
-        # On a slow machine or an almost spent budget, the head learns from what was embedded
-        # in its share of the time rather than overrun the budget.
-        began = time.monotonic()
-        features = self.trainer.features(images[:max(64, FIRST_READ_COUNT // self.frames)],
-                                         seconds=HEAD_SHARE * self.policy.remaining())
-        embedded = len(features)
-        seconds_per_example = (time.monotonic() - began) / embedded
-        validation = self.validation[self.validation < embedded]
-        train = complement(validation, embedded)
-        self.trainer.fit_head(features[train], labels[train])
-        if self.use_gnn and bool((self.gnn_train_nodes < embedded).all()):
-            self.gnn_train_features = features[self.gnn_train_nodes]
-        self.head_fitted = True
-        score = pixel_score = np.inf
-        if len(validation):  # both models on the same validation examples
-            truth = labels[validation].numpy()
-            score = nauc(truth, self.trainer.predict_from_features(features[validation]))
-            pixel_score = nauc(truth, self.quick.predict(images[validation]))
-        logger.info("head fitted on %d frozen examples (%d of %d embedded) at %.1f s "
-                    "(validation NAUC %.4f, pixel model %.4f)", len(train), embedded,
-                    len(labels), self.policy.elapsed(), score, pixel_score)
-        if score >= pixel_score:
-            self.best_validation = score
-            self.predict_with = "head"
-        else:
-            logger.info("the pixel model's prediction stays (validation NAUC %.4f)",
-                        self.best_validation)
-            # No head pass over the test set will time a network prediction: estimate it.
-            views = 2 if self.config.flip_tta else 1
-            test_count = self.test_reader.count if self.test_reader is not None else 0
-            self.test_seconds = max(self.test_seconds,
-                                    views * seconds_per_example * test_count)
+        if self.trainer is None:  # kept when a failed head fit is tried again
+            self.trainer = Trainer(self.config, self.output_dim, self.in_channels,
+                                   self.multilabel, device=self.device, seed=self.seed)
+            self.head = HeadStage(self.trainer, self.seed)
+            refine = self._refine if self.use_gnn else None
+            self.fine_tune = FineTuneStage(self.trainer, refine)
+        pool = self.data.pool
+        with self.ledger.timed("fit"):
+            candidate = self.head.fit(pool, seconds=HEAD_SHARE * self.policy.remaining())
+        if self.use_gnn:
+            self._refine_head_scores(candidate)
+        self.head_candidate = candidate
+        accepted = self._consider(candidate)
+        # A network prediction costs a feature pass per TTA view: expect it from now on.
+        views = 2 if self.config.flip_tta else 1
+        self.test_seconds = max(self.test_seconds, views * self.head.seconds_per_example *
+                                self._test_count())
+        logger.info("head fitted on %d frozen examples at %.1f s (validation NAUC %.4f, blend "
+                    "%s)", self.head.examples, self.policy.elapsed(),
+                    _own_score(pool, candidate), "takes it" if accepted else "keeps its models")
+
+    def _refine_head_scores(self, candidate: Candidate) -> None:
+        """The head's test scores through the transductive step as well."""
+        score_test = candidate.score_test
+
+        def refined(test: TestSet) -> np.ndarray:
+            features = self.trainer.features(test.images)
+            return self._refine(self.trainer.predict_from_features(features), features)
+
+        candidate.score_test = refined if score_test is not None else None
 
     def _fine_tune(self) -> None:
         slice_seconds = self.policy.next_slice(self.test_seconds)
+        # Training, not validating, must fill a slice.
+        room = self.policy.remaining() - self.test_seconds - self.policy.safety_seconds
+        slice_seconds = min(max(slice_seconds,
+                                VALIDATION_SLICE_FACTOR * self.fine_tune.validation_seconds),
+                            room)
         if slice_seconds < self.policy.min_slice_seconds:
-            self.done_training = True
+            self.phase = Phase.DONE
             return
-        if not self.train_reader.exhausted:
-            spent = time.monotonic()
-            self.train_reader.read(seconds=max(1.0, 0.3 * slice_seconds))
-            slice_seconds -= time.monotonic() - spent
-        train = complement(self.validation, self.train_reader.count)
-        images, labels = self.train_reader.images, self.train_reader.labels
-        steps = self.trainer.train_for(images, labels, max(slice_seconds, 0.5), indices=train)
-        # The network moved: the graph's labelled nodes are embedded again, from all decoded.
-        self.gnn_train_features = None
-        self.gnn_train_nodes = graph_nodes(train, self.seed)
+        if self.head_candidate is not None:  # fine-tuning changes the frozen network
+            if self.head_candidate.test_scores is None:
+                self.head_candidate.score_test = None
+            self.head_candidate = None
+        began = time.monotonic()
+        if not self.data.exhausted:
+            with self.ledger.timed("read_train"):
+                self.data.read(seconds=max(1.0, READ_SHARE * slice_seconds))
+            self._count_undecodable("train", self.data.undecodable)
+        pool = self.data.pool
+        with self.ledger.timed("train"):
+            steps = self.fine_tune.train(pool, max(slice_seconds - (time.monotonic() - began),
+                                                   0.5))
+        self.blend.drop_untestable()
+        self.gnn_train_features = None  # the network moved: the graph is embedded again
+        self.gnn_train_nodes = graph_nodes(pool.fit_rows(), self.seed)
         self._check_embedding_pace()
-        score, validation_scores = self._validate(images, labels)
-        logger.info("fine-tuned %d steps on %d examples (validation NAUC %.4f, best %.4f); "
-                    "%.1f s left", steps, len(train), score, self.best_validation,
+        with self.ledger.timed("validate"):
+            candidate = self.fine_tune.candidate(pool)
+        accepted = self._consider(candidate)
+        logger.info("fine-tuned %d steps on %d examples (validation NAUC %.4f, blend %.4f%s); "
+                    "%.1f s left", steps, len(pool.fit_rows()), _own_score(pool, candidate),
+                    self.blend.score, ", new prediction" if accepted else "",
                     self.policy.remaining())
-        if score >= self.best_validation:
-            self.best_validation = score
-            self.accepted_validation = validation_scores
-            self.predict_with = "network"
+
+    def _consider(self, candidate: Candidate) -> bool:
+        pool = self.data.pool
+        self.blend.drop_stale(pool.validation_version)
+        truth = pool.labels[pool.validation_rows()].numpy()
+        return self.blend.consider(candidate, truth)
 
     def _check_embedding_pace(self) -> None:
         """After the first slice: say when the budget leaves an embedding loss too few steps."""
@@ -324,66 +455,62 @@ class Learner:
         if note:
             self._note(note)
 
-    def _validate(self, images: torch.Tensor, labels: torch.Tensor
-                  ) -> tuple[float, np.ndarray | None]:
-        """The fine-tuned network's validation NAUC (+inf without a validation set) and its
-        validation scores."""
-        if not len(self.validation):
-            return np.inf, None
-        scores = self.trainer.predict(images[self.validation], flip=False)
-        return nauc(labels[self.validation].numpy(), scores), scores
+    # -- prediction ---------------------------------------------------------------------------
+    def _predict(self) -> np.ndarray:
+        began = time.monotonic()
+        with self.ledger.timed("predict"):
+            try:
+                scores = self.blend.predict(self.test_set)
+            except Exception as err:  # noqa: BLE001 - the models with test scores remain
+                self.errors.report("prediction", err)
+                for candidate in self.blend.candidates:
+                    if candidate.test_scores is None:
+                        candidate.score_test = None
+                self.blend.drop_untestable()
+                if not self.blend.candidates:
+                    raise
+                scores = self.blend.predict(self.test_set)
+        if any(c.name.startswith(FineTuneStage.name) for c in self.blend.candidates):
+            self.test_seconds = max(self.test_seconds, time.monotonic() - began)
+        prediction = self.test_set.full(scores, self._prior())
+        if prediction.shape != (self.test_set.count, self.output_dim) or \
+                not np.isfinite(prediction).all():
+            raise ValueError(f"bad prediction of shape {prediction.shape}")
+        return prediction
 
-    def _average_recent(self, prediction: np.ndarray) -> np.ndarray:
-        """`prediction`, or its average with the recent network predictions when the same
-        average of their validation scores beats the latest state's (snapshot averaging, as
-        the AutoDL winners did; used only where validation says it helps)."""
-        if self.accepted_validation is None:
-            return prediction
-        self.recent.append((self.accepted_validation, prediction))
-        if len(self.recent) < 2:
-            return prediction
-        truth = self.train_reader.labels[self.validation].numpy()
-        latest = nauc(truth, self.accepted_validation)
-        averaged = nauc(truth, np.mean([validation for validation, _ in self.recent], axis=0))
-        if averaged <= latest:
-            return prediction
-        logger.info("averaging the last %d network predictions (validation NAUC %.4f, latest "
-                    "alone %.4f)", len(self.recent), averaged, latest)
-        return np.mean([test for _, test in self.recent], axis=0)
+    def _prior(self) -> np.ndarray:
+        """Class frequencies of the training examples read: the scores of an unseen example."""
+        if self.data is None or not len(self.data.pool):
+            return np.full(self.output_dim, 1.0 / self.output_dim)
+        return self.data.pool.labels.mean(0).double().numpy()
 
-    def _predict(self, dataset) -> np.ndarray:
-        if self.test_reader is None:
-            self.test_reader = DatasetReader(dataset, self.resolution, self.frames)
-            self.test_reader.read_all()
-        use, self.predict_with = self.predict_with, None
-        if use == "quick":
-            return self.quick.predict(self.test_reader.images)
-        if use == "network":
-            if self.use_gnn:
-                prediction = self._refine(
-                    *self.trainer.predict_with_features(self.test_reader.images))
-            else:
-                prediction = self.trainer.predict(self.test_reader.images)
-            return self._average_recent(prediction)
-        if use == "head" or self.last_prediction is None:
-            began = time.monotonic()
-            features = self.trainer.features(self.test_reader.images)
-            # A network prediction costs a feature pass per TTA view; expect it from now on.
-            views = 2 if self.config.flip_tta else 1
-            self.test_seconds = max(self.test_seconds, views * (time.monotonic() - began))
-            prediction = self.trainer.predict_from_features(features)
-            return self._refine(prediction, features) if self.use_gnn else prediction
-        return self.last_prediction
+    def _prior_prediction(self, dataset) -> np.ndarray:
+        """The class prior for every test record: the answer when nothing else is."""
+        count = self.test_set.count if self.test_set is not None else None
+        if count is None:
+            try:
+                count = count_records(dataset)
+            except Exception as err:  # noqa: BLE001 - no count, no prediction of the right shape
+                self.errors.report("counting the test records", err)
+                count = 0
+        return np.tile(self._prior(), (count, 1))
+
+    def _test_count(self) -> int:
+        return self.test_set.count if self.test_set is not None else 0
 
     def _refine(self, prediction: np.ndarray, test_features: torch.Tensor) -> np.ndarray:
         """The transductive step: average `prediction` with a GCN's scores over the current
         embeddings of labelled training and unlabelled test examples."""
+        if not self.use_gnn:
+            return prediction
         began = time.monotonic()
+        pool = self.data.pool
+        if not len(self.gnn_train_nodes):
+            self.gnn_train_nodes = graph_nodes(pool.fit_rows(), self.seed)
         if self.gnn_train_features is None:
-            self.gnn_train_features = self.trainer.features(
-                self.train_reader.images[self.gnn_train_nodes])
+            self.gnn_train_features = self.trainer.features(pool.images[self.gnn_train_nodes])
         refined = refine_with_gcn(prediction, self.gnn_train_features,
-                                  self.train_reader.labels[self.gnn_train_nodes], test_features,
+                                  pool.labels[self.gnn_train_nodes], test_features,
                                   self.multilabel, self.seed)
         seconds = time.monotonic() - began
         if seconds > GNN_MAX_SHARE * self.policy.time_budget:
@@ -393,7 +520,32 @@ class Learner:
                        f"switched off for the rest of the run")
         return refined
 
-    def _count(self, dataset) -> int:
-        if self.test_reader is not None and self.test_reader.exhausted:
-            return self.test_reader.count
-        return sum(1 for _ in dataset)
+    # -- the run record -----------------------------------------------------------------------
+    def _count_undecodable(self, subset: str, count: int) -> None:
+        if count > self.record.undecodable[subset]:
+            logger.warning("%d %s record(s) could not be decoded and are skipped%s", count,
+                           subset, "; their rows get the class prior" if subset == "test"
+                           else "")
+            self.record.undecodable[subset] = count
+
+    def _record_prediction(self, new: bool) -> None:
+        if self.policy is None:
+            return
+        self.record.predictions.append(PredictionEntry(
+            index=len(self.record.predictions), seconds=round(self.policy.elapsed(), 3),
+            models=self.blend.described(),
+            validation_nauc=None if np.isnan(self.blend.score) else round(self.blend.score, 5),
+            new=new))
+        self._write_record()
+
+    def _write_record(self) -> None:
+        if self.record_path is None or self.policy is None:
+            return
+        self.record.elapsed = round(self.policy.elapsed(), 3)
+        self.record.done_training = self.done_training
+        self.record.write(self.record_path, self.ledger, self.errors)
+
+
+def _own_score(pool, candidate: Candidate) -> float:
+    """A candidate's own validation NAUC (NaN when undefined)."""
+    return nauc(pool.labels[pool.validation_rows()].numpy(), candidate.validation_scores)

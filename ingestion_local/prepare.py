@@ -1,6 +1,7 @@
 """Prepare every dataset the project uses, in the AutoDL format, with one command.
 
     python -m ingestion_local.prepare [--out data/autodl] [--only NAME ...] [--list]
+    python -m ingestion_local.prepare --only cifar10 --class-order --near-copies 5 --corrupt 0.03
 
 Sources (each skipped with a note when absent, and skipped when already prepared):
 - every `<name>.tar` archive of the shared dataset folder (`--shared-dir`);
@@ -8,6 +9,10 @@ Sources (each skipped with a note when absent, and skipped when already prepared
   demo dataset), `fashion_mnist` (Debian's dataset-fashion-mnist), `digits` (scikit-learn);
 - videos: `moving_mnist` (clips of one real MNIST digit bouncing in a 64 x 64 frame) and
   `mini_kth` (the six KTH clips of the shared raw samples, a smoke test only).
+
+Variants (ingestion_local/variants.py), written beside each dataset prepared or named with
+--only: `NAME_sorted` (training records in class order), `NAME_copiesK` (training made of groups
+of K jittered near-copies), `NAME_corruptP` (P % of the training and test records undecodable).
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ingestion_local.convert import convert_folder, write_arrays
+from ingestion_local.variants import (Variant, class_order_variant, corrupt_variant, derive,
+                                      near_copies_variant)
 from ingestion_local.writer import ConversionError
 
 logger = logging.getLogger(__name__)
@@ -180,8 +187,10 @@ def is_prepared(out: Path, name: str) -> bool:
     return (out / name / f"{name}.solution").is_file()
 
 
-def prepare(out: Path, shared: Path, only: Sequence[str] | None = None) -> dict[str, str]:
-    """Build what is missing; return each dataset's status (prepared, skipped, missing...)."""
+def prepare(out: Path, shared: Path, only: Sequence[str] | None = None,
+            variants: Sequence[Variant] = ()) -> dict[str, str]:
+    """Build what is missing, then the `variants` of each dataset that is there; return each
+    dataset's status (prepared, skipped, missing...)."""
     sources = dataset_sources(shared)
     if only:
         unknown = set(only) - {s.name for s in sources}
@@ -200,6 +209,16 @@ def prepare(out: Path, shared: Path, only: Sequence[str] | None = None) -> dict[
         except SourceMissing as err:
             status[source.name] = f"skipped: {err}"
         logger.info("%s: %s", source.name, status[source.name])
+    for source in sources:
+        if not is_prepared(out, source.name):
+            continue
+        for variant in variants:
+            derived = f"{source.name}_{variant.suffix}"
+            if is_prepared(out, derived):
+                status[derived] = "already prepared"
+                continue
+            derive(out / source.name, out, variant)
+            status[derived] = "prepared"
     return status
 
 
@@ -215,7 +234,27 @@ def build_parser() -> argparse.ArgumentParser:
                              "env AUTODL_SHARED_DIR)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="prepare only these datasets")
     parser.add_argument("--list", action="store_true", help="list the datasets and exit")
+    variants = parser.add_argument_group("variants", "derived copies written beside each "
+                                         "dataset (see ingestion_local/variants.py)")
+    variants.add_argument("--class-order", action="store_true",
+                          help="NAME_sorted: the training records sorted by class")
+    variants.add_argument("--near-copies", type=int, metavar="K",
+                          help="NAME_copiesK: training made of groups of K jittered copies")
+    variants.add_argument("--corrupt", type=float, metavar="SHARE",
+                          help="NAME_corruptP: this share (e.g. 0.03) of the training and test "
+                               "records undecodable")
     return parser
+
+
+def requested_variants(args: argparse.Namespace) -> list[Variant]:
+    variants = []
+    if args.class_order:
+        variants.append(class_order_variant())
+    if args.near_copies is not None:
+        variants.append(near_copies_variant(args.near_copies))
+    if args.corrupt is not None:
+        variants.append(corrupt_variant(args.corrupt))
+    return variants
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -227,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{source.name:24s} {state}")
         return 0
     try:
-        status = prepare(args.out, args.shared_dir, args.only)
+        status = prepare(args.out, args.shared_dir, args.only, requested_variants(args))
     except (ValueError, ConversionError) as err:
         logger.error("%s", err)
         return 2

@@ -90,6 +90,19 @@ def _serialize(sample: Sample, sample_id: int, is_test: bool, compressed: bool) 
                                     feature_lists=feature_lists).SerializeToString()
 
 
+def move_into_place(staging: Path, destination: Path) -> None:
+    """Replace `destination` with the complete dataset in `staging`, keeping the old one until
+    the new one is in place."""
+    if destination.exists():
+        retired = destination.with_name(f".{destination.name}.replaced")
+        shutil.rmtree(retired, ignore_errors=True)
+        destination.rename(retired)
+        staging.rename(destination)
+        shutil.rmtree(retired)
+    else:
+        staging.rename(destination)
+
+
 class AutoDLWriter:
     """Writes one dataset in the AutoDL format.
 
@@ -131,7 +144,7 @@ class AutoDLWriter:
         shutil.rmtree(staging, ignore_errors=True)
         try:
             self._write_into(staging, test_samples, train_samples, n_test, n_train)
-            self._move_into_place(staging)
+            move_into_place(staging, self.destination)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -211,12 +224,3 @@ class AutoDLWriter:
             spec.label_to_index_map[label_name] = index
         return spec
 
-    def _move_into_place(self, staging: Path) -> None:
-        if self.destination.exists():
-            retired = self.out_dir / f".{self.name}.replaced"
-            shutil.rmtree(retired, ignore_errors=True)
-            self.destination.rename(retired)
-            staging.rename(self.destination)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(self.destination)

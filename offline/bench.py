@@ -23,6 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from autodl_meta.learner import META_LEARNING_ENV
+from autodl_meta.record import RUN_RECORD_FILE, read_run_record
 from ingestion_local.baselines import code_dir as baseline_dir
 from ingestion_local.prepare import DEFAULT_OUT
 from ingestion_local.run_local_test import LocalTestResult, run_local_test
@@ -43,19 +44,21 @@ class BenchRow:
     last_prediction: float
     selected: str
     backbone: str
+    undecodable: int = 0           # train + test records the run could not decode
+    train_share: float = 0.0       # of the run's time, in fine-tuning steps
+    predict_share: float = 0.0     # of the run's time, in test passes
 
     def markdown(self) -> str:
         return (f"| {self.dataset} | {self.model} | {self.alc:.4f} | {self.final_nauc:.4f} | "
                 f"{self.first_prediction:.1f} | {self.last_prediction:.1f} | {self.predictions} "
-                f"| {int(self.success)} | {self.selected} | {self.backbone} |")
+                f"| {int(self.success)} | {self.selected} | {self.backbone} | "
+                f"{self.undecodable} | {self.train_share:.2f} | {self.predict_share:.2f} |")
 
 
 HEADER = ("| dataset | model | ALC | final NAUC | first prediction (s) | last prediction (s) "
-          "| predictions | ingestion_success | selected | backbone |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
-CONFIG_LINE = "autodl_meta: config "
-SELECTED_LINE = "autodl_meta: selected "
-UNSURE_LINE = "autodl_meta: selector unsure (closest "
+          "| predictions | ingestion_success | selected | backbone | undecodable "
+          "| train share | predict share |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 ROW_FILE = "bench_row.json"  # a finished run's row, kept beside its logs
 
 
@@ -63,21 +66,21 @@ def _row(dataset: str, model: str, result: LocalTestResult) -> BenchRow:
     scores = result.read("scores.txt")
     timestamps = ast.literal_eval(scores.get("timestamps", "[]"))
     naucs = ast.literal_eval(scores.get("nauc_scores", "[]"))
-    backbone = selected = "-"
-    log = result.prediction_dir.parent / "ingestion.log"
-    if log.is_file():
-        for line in log.read_text().splitlines():
-            if CONFIG_LINE in line:
-                backbone = json.loads(line.split(CONFIG_LINE, 1)[1])["backbone"]
-            elif SELECTED_LINE in line:
-                selected = line.split(SELECTED_LINE, 1)[1].split()[0]
-            elif UNSURE_LINE in line:  # "closest NAME, confidence C < T, ..."
-                closest, confidence = line.split(UNSURE_LINE, 1)[1].split(",")[:2]
-                selected = f"generalist (unsure: {closest} {confidence.split()[1]})"
+    record = read_run_record(result.prediction_dir / RUN_RECORD_FILE) or {}
+    selection = record.get("selection", {})
+    if selection.get("selected"):
+        selected = selection["selected"]
+    elif "closest" in selection:
+        selected = f"generalist (unsure: {selection['closest']} {selection['confidence']:.2f})"
+    else:
+        selected = "-"
+    shares = record.get("time_shares", {})
     return BenchRow(dataset, model, result.alc or 0.0, naucs[-1] if naucs else 0.0,
                     timestamps[0] if timestamps else float("nan"), len(timestamps),
                     result.ingestion_success, timestamps[-1] if timestamps else float("nan"),
-                    selected, backbone)
+                    selected, record.get("config", {}).get("backbone", "-"),
+                    sum(record.get("undecodable", {}).values()), shares.get("train", 0.0),
+                    shares.get("predict", 0.0))
 
 
 def run_bench(datasets: Sequence[str], data_dir: Path, budget: float, result_dir: Path,

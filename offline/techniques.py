@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from autodl_meta.config import GENERALIST, TrainConfig
-from autodl_meta.data import DatasetReader
+from autodl_meta.data import RecordReader
 from autodl_meta.learner import graph_nodes
 from autodl_meta.techniques import refine_with_gcn
 from autodl_meta.trainer import Trainer
@@ -104,12 +104,12 @@ def decode_subsets(dataset_dir: Path, resolution: int, max_train: int, max_test:
     subsets = {}
     rng = np.random.default_rng(0)
     for split, limit in (("train", max_train), ("test", max_test)):
-        reader = DatasetReader(AutoDLDataset(data / split).get_dataset(), resolution, frames=1)
-        reader.read_all()
-        labels = (reader.labels if split == "train" else
-                  torch.from_numpy(np.loadtxt(solution_path, ndmin=2)).float())
-        keep = torch.from_numpy(np.sort(rng.permutation(reader.count)[:limit]))
-        subsets[split] = (reader.images[keep].clone(), labels[keep].clone())
+        decoded = RecordReader(AutoDLDataset(data / split).get_dataset(), resolution,
+                               frames=1).decode()
+        labels = (torch.from_numpy(decoded.labels) if split == "train" else
+                  torch.from_numpy(np.loadtxt(solution_path, ndmin=2)[decoded.positions]).float())
+        keep = torch.from_numpy(np.sort(rng.permutation(len(decoded.positions))[:limit]))
+        subsets[split] = (torch.from_numpy(decoded.images)[keep].clone(), labels[keep].clone())
     cache_dir.mkdir(parents=True, exist_ok=True)
     torch.save(subsets, path)
     return path

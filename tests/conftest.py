@@ -43,3 +43,18 @@ def small_image_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("datasets")
     return write_arrays("smalldigits", out, x_train[train], y_train[train], x_test[test],
                         y_test[test])
+
+
+def write_digits(root: Path, count: int) -> Path:
+    """scikit-learn's real 8 x 8 digits, `count` of them (80 % train, in their stored order,
+    which is not sorted by class), as a PNG AutoDL dataset; returns its folder."""
+    from sklearn.datasets import load_digits
+
+    from ingestion_local.convert import write_arrays
+
+    digits = load_digits()
+    images = np.round(digits.images[:count] * (255 / 16)).astype(np.uint8)
+    labels = digits.target[:count]
+    split = int(0.8 * count)
+    return write_arrays("digits8", root, images[:split], labels[:split], images[split:],
+                        labels[split:])

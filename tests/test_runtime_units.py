@@ -1,9 +1,8 @@
-"""Unit tests of the runtime's small parts: config schema, time policy, quick model."""
+"""Unit tests of the runtime's small parts: config schema, time policy, validation, stages."""
 from __future__ import annotations
 
 import json
 import math
-from collections import deque
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,11 +10,12 @@ import pytest
 import torch
 
 from autodl_meta.config import GENERALIST, ConfigError, TrainConfig
-from autodl_meta.learner import RECENT_PREDICTIONS, Learner, effective_resolution
+from autodl_meta.learner import effective_resolution
 from autodl_meta.policy import TimePolicy
 from autodl_meta.quick import PixelLogistic
+from autodl_meta.stages import Blend, Candidate, HeadStage, PixelStage
 from autodl_meta.trainer import TIMED_FEATURE_BATCH, Trainer
-from autodl_meta.validation import complement, nauc, split_validation
+from autodl_meta.validation import beats, choose_validation, nauc, stratified_order
 
 
 def test_config_round_trip_and_file_errors_name_file_and_field(tmp_path):
@@ -83,85 +83,132 @@ def test_effective_resolution_keeps_small_images_small():
     assert effective_resolution(meta(-1, -1), 96) == 96
 
 
-def test_validation_split_and_nauc():
-    assert len(split_validation(30)) == 0
-    held = split_validation(1000)
-    assert len(held) == 100 and len(set(held.tolist())) == 100
-    rest = complement(held, 1200)
-    assert len(rest) == 1100 and not set(rest.tolist()) & set(held.tolist())
+def test_nauc_is_undefined_without_both_classes_and_undefined_never_wins():
     labels = np.eye(3)[[0, 1, 2, 0]]
     labels[:, 2] = 0  # a class absent from the split is ignored, as the scorer does
     assert nauc(labels, labels) == pytest.approx(1.0)
-    assert math.isclose(nauc(np.zeros((3, 2)), np.ones((3, 2))), 0.0)
+    assert math.isnan(nauc(np.zeros((3, 2)), np.ones((3, 2))))
+    assert math.isnan(nauc(np.eye(2)[[0, 0, 0]], np.random.rand(3, 2)))
+    assert math.isnan(nauc(np.zeros((0, 2)), np.zeros((0, 2))))
+    assert beats(0.1, math.nan) and not beats(math.nan, 0.1) and not beats(math.nan, math.nan)
+    assert not beats(0.5, 0.5) and beats(0.6, 0.5)
 
 
-def test_recent_network_predictions_are_averaged_only_when_validation_gains():
+def test_validation_is_stratified_whatever_the_record_order():
+    classes = np.repeat(np.arange(10), 100)  # sorted by class, as a class-folder dataset
+    held = choose_validation(classes, np.random.default_rng(0))
+    assert len(held) == 100 and len(set(held.tolist())) == 100
+    assert np.bincount(classes[held], minlength=10).tolist() == [10] * 10
+    # A class with one example stays in training; tiny sets hold nothing out.
+    classes = np.concatenate([np.repeat(np.arange(5), 30), [5]])
+    held = choose_validation(classes, np.random.default_rng(0))
+    assert 5 not in classes[held]
+    assert len(choose_validation(np.arange(30) % 3, np.random.default_rng(0))) == 0
+
+
+def test_stratified_order_covers_every_class_first():
+    classes = np.repeat(np.arange(43), 50)
+    order = stratified_order(classes, np.random.default_rng(0))
+    assert sorted(order.tolist()) == list(range(len(classes)))
+    assert set(classes[order[:43]].tolist()) == set(range(43))  # one of each, first
+
+
+def test_near_copies_of_validation_rows_leave_training_unless_the_class_is_dense():
+    from autodl_meta.data import Decoded
+    from autodl_meta.pool import TrainingPool
+
+    rng = np.random.default_rng(0)
+    sources = rng.integers(0, 256, (60, 1, 3, 32, 32), dtype=np.uint8)  # distinct images
+    copies = np.clip(sources.astype(int) + rng.integers(-4, 5, sources.shape), 0, 255)
+    images = np.concatenate([sources, copies.astype(np.uint8)])
+    labels = np.eye(6, dtype=np.float32)[np.arange(120) % 6]
+    pool = TrainingPool(validation_positions=np.arange(10))  # sources 0-9 validate
+    pool.add(Decoded(images[:70], labels[:70], np.arange(70), np.zeros(0, np.int64)))
+    pool.add(Decoded(images[70:], labels[70:], np.arange(70, 120), np.zeros(0, np.int64)))
+    # Rows 60-69 copy the validation sources: out of training, however late they came.
+    assert pool.excluded.nonzero().squeeze(1).tolist() == list(range(60, 70))
+    assert set(pool.fit_rows().tolist()) == set(range(10, 60)) | set(range(70, 120))
+    # One image repeated in many rows is a dense class, not a small group: all stay.
+    dense = TrainingPool(validation_positions=np.arange(2))
+    same = np.repeat(images[:1], 40, axis=0)
+    dense.add(Decoded(np.concatenate([same, images[60:80]]), labels[:60], np.arange(60),
+                      np.zeros(0, np.int64)))
+    assert not dense.excluded.any()
+
+
+def test_a_blend_takes_a_model_only_when_validation_rises():
     rng = np.random.default_rng(0)
     truth = np.eye(2)[rng.integers(0, 2, 200)]
-    learner = object.__new__(Learner)  # only the averaging state is needed
-    learner.train_reader = SimpleNamespace(labels=torch.tensor(truth))
-    learner.validation = torch.arange(200)
-    learner.recent = deque(maxlen=RECENT_PREDICTIONS)
 
-    def state(noise_seed: int) -> np.ndarray:
-        return truth + np.random.default_rng(noise_seed).normal(0, 1.5, truth.shape)
+    def candidate(name, scores):
+        return Candidate(name, scores, 1, lambda test: scores[:5])
 
-    # Independent noise: the average of two states ranks better than either.
-    first, second = state(1), state(2)
-    learner.accepted_validation = first
-    assert np.array_equal(learner._average_recent(first * 10), first * 10)
-    learner.accepted_validation = second
-    averaged = learner._average_recent(second * 10)
-    assert np.allclose(averaged, (first + second) * 5)
-    # A clearly better latest state is returned alone.
-    learner.accepted_validation = truth
-    assert np.array_equal(learner._average_recent(truth * 10), truth * 10)
+    def noisy(seed, noise=1.5):
+        return truth + np.random.default_rng(seed).normal(0, noise, truth.shape)
 
-
-def test_a_timed_feature_pass_embeds_a_prefix_and_an_untimed_one_everything():
-    trainer = Trainer(TrainConfig(resolution=32), num_classes=3, in_channels=3,
-                      multilabel=False, device=torch.device("cpu"))
-    images = torch.randint(0, 256, (3 * TIMED_FEATURE_BATCH, 1, 3, 32, 32), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(0))
-    everything = trainer.features(images)
-    # No time at all still embeds one batch, the first: the head always has examples.
-    prefix = trainer.features(images, seconds=0.0)
-    assert len(everything) == len(images) and len(prefix) == TIMED_FEATURE_BATCH
-    assert torch.allclose(prefix, everything[:TIMED_FEATURE_BATCH], atol=1e-5)
-    assert len(trainer.features(images, seconds=600.0)) == len(images)
+    blend = Blend()
+    assert blend.consider(candidate("pixel", noisy(1)), truth)
+    assert blend.described() == {"pixel": 1.0}
+    # Worse on its own, and no help in the average: nothing changes, no new prediction.
+    version = blend.version
+    assert not blend.consider(candidate("head", 1 - truth), truth)
+    assert blend.version == version
+    # Independent noise: the average of two models ranks better than either.
+    assert blend.consider(candidate("network@10", noisy(2)), truth)
+    assert set(blend.described()) == {"pixel", "network@10"}
+    # A clearly better model takes the prediction alone.
+    assert blend.consider(candidate("network@20", truth), truth)
+    assert blend.described() == {"network@20": 1.0} and blend.score == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("head_is_better", [True, False])
-def test_the_head_replaces_the_pixel_prediction_only_when_validation_says_it_is_better(
-        head_is_better):
+def test_without_a_defined_validation_score_the_newest_model_predicts():
+    truth = np.eye(2)[[0, 0, 0, 0]]  # one class only: every score is undefined
+    blend = Blend()
+    for name in ("pixel", "head"):
+        assert blend.consider(Candidate(name, np.random.rand(4, 2), 1, None), truth)
+        assert blend.described() == {name: 1.0} and math.isnan(blend.score)
+    # Once a defined score exists, an undefined one cannot take over.
+    defined = np.eye(2)[[0, 1, 0, 1]]
+    assert blend.consider(Candidate("network@1", defined, 1, None), defined)
+    assert not blend.consider(Candidate("network@2", np.random.rand(4, 2), 1, None), truth)
+
+
+def test_the_head_stage_fits_on_frozen_features_and_scores_validation():
     truth = torch.eye(2)[torch.arange(200) % 2]
-    features = torch.randn(200, 4)
+    features = torch.randn(200, 4) + 3 * truth[:, :1]  # separable along the first feature
 
-    class StubTrainer:  # a head whose validation scores are the truth, or their reverse
+    class StubTrainer:  # frozen features indexed by the images' first pixel
         def features(self, images, seconds=None):
-            return features[:len(images)]
+            return features[images[:, 0, 0, 0, 0].long()]
 
-        def fit_head(self, features, labels):
-            pass
+        def fit_head(self, rows, labels):
+            self.direction = (rows[labels[:, 0] == 1].mean(0) - rows[labels[:, 0] == 0].mean(0))
 
         def predict_from_features(self, rows):
-            chosen = truth[:len(rows)] if head_is_better else 1 - truth[:len(rows)]
-            return chosen.numpy()
+            score = rows @ self.direction
+            return torch.stack([score, -score], 1).numpy()
 
-    learner = object.__new__(Learner)  # only the head stage's state is needed
-    learner.train_reader = SimpleNamespace(images=torch.zeros(200, 1, 1, 8, 8), labels=truth)
-    learner.validation = torch.arange(100)  # the stub scores validation rows by index
-    learner.trainer, learner.frames, learner.policy = StubTrainer(), 1, TimePolicy(100.0)
-    learner.config, learner.use_gnn = GENERALIST, False
-    learner.test_reader, learner.test_seconds = SimpleNamespace(count=1000), 0.0
-    # The pixel model ranks at random (validation NAUC near 0), between the two heads.
-    pixel_scores = torch.rand(200, 2, generator=torch.Generator().manual_seed(0)).numpy()
-    learner.quick = SimpleNamespace(predict=lambda images: pixel_scores[:len(images)])
-    learner.best_validation, learner.predict_with = 0.1, "quick"
-    learner._fit_head()
-    assert learner.head_fitted
-    if head_is_better:
-        assert learner.predict_with == "head" and learner.best_validation == 1.0
-    else:
-        assert learner.predict_with == "quick" and learner.best_validation == 0.1
-        assert learner.test_seconds > 0  # a network prediction's time is estimated instead
+    images = torch.zeros(200, 1, 1, 8, 8, dtype=torch.uint8)
+    images[:, 0, 0, 0, 0] = torch.arange(200).byte()
+    pool = SimpleNamespace(images=images, labels=truth, validation_version=1,
+                           validation_rows=lambda: torch.arange(150, 200),
+                           fit_rows=lambda: torch.arange(150))
+    candidate = HeadStage(StubTrainer()).fit(pool, seconds=10)
+    assert nauc(truth[150:].numpy(), candidate.validation_scores) > 0.9
+    assert candidate.validation_version == 1
+    assert candidate.test(SimpleNamespace(images=images[:7])).shape == (7, 2)
+
+
+def test_the_pixel_stage_learns_from_fitting_rows_only():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(np.round(digits.images * 255 / 16).astype(np.uint8))
+    images = torch.nn.functional.interpolate(images[:, None].float(), size=32).byte()[:, None]
+    labels = torch.eye(10)[digits.target]
+    labels[:600] = torch.eye(10)[0]  # wrong labels on rows the stage must not fit
+    pool = SimpleNamespace(images=images, labels=labels, validation_version=3,
+                           validation_rows=lambda: torch.arange(1500, 1797),
+                           fit_rows=lambda: torch.arange(600, 1500))
+    candidate = PixelStage(multilabel=False).fit(pool)
+    assert nauc(labels[1500:].numpy(), candidate.validation_scores) > 0.9

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import ast
+import time
 
 import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
 from ingestion_local import AutoDLDataset
+from autodl_meta.validation import nauc
 from ingestion_local.run_local_test import run_local_test
 
 
@@ -22,16 +24,22 @@ def test_submission_learns_within_the_budget(small_image_dataset, tmp_path):
     assert result.alc > 0.6, f"ALC {result.alc}"
 
 
+def run_calls(learner, train, test, budgets):
+    predictions = []
+    for budget in budgets:
+        learner.train(train.get_dataset(), remaining_time_budget=budget)
+        predictions.append(learner.test(test.get_dataset(), remaining_time_budget=budget - 1))
+    return predictions
+
+
 def test_failures_fall_back_to_the_last_good_prediction(small_image_dataset):
-    from autodl_meta.learner import Learner
+    from autodl_meta.learner import Learner, Phase
 
     data_dir = small_image_dataset / "smalldigits.data"
     train, test = AutoDLDataset(data_dir / "train"), AutoDLDataset(data_dir / "test")
     learner = Learner(train.get_metadata())
-    for budget in (60, 50):  # the pixel model's prediction, then the frozen head's
-        learner.train(train.get_dataset(), remaining_time_budget=budget)
-        first = learner.test(test.get_dataset(), remaining_time_budget=budget - 5)
-    assert learner.head_fitted
+    first = run_calls(learner, train, test, (60, 50))[-1]  # pixel model, then frozen head
+    assert learner.phase is Phase.FINE_TUNE
     assert first.shape == (100, 10) and np.isfinite(first).all()
 
     def broken(*args, **kwargs):
@@ -39,10 +47,90 @@ def test_failures_fall_back_to_the_last_good_prediction(small_image_dataset):
 
     learner.trainer.train_for = broken
     learner.trainer.predict = broken
-    learner.predict_with = "network"
-    learner.train(train.get_dataset(), remaining_time_budget=40)  # must not raise
-    again = learner.test(test.get_dataset(), remaining_time_budget=35)
-    np.testing.assert_array_equal(again, first)
+    again = run_calls(learner, train, test, (40, 35))  # must not raise
+    for prediction in again:
+        np.testing.assert_array_equal(prediction, first)
+    # The failing phase was tried twice, then given up: the run says it is done.
+    assert learner.done_training
+    assert learner.record.stages["fine_tune"].status == "failed"
+    errors = learner.errors.to_list()
+    assert len(errors) == 1 and errors[0]["count"] == 2  # one error, counted, logged once
+
+
+def test_a_run_whose_every_phase_fails_stops_within_a_few_calls(small_image_dataset,
+                                                               monkeypatch):
+    from autodl_meta import learner as learner_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no backbone today")
+
+    data_dir = small_image_dataset / "smalldigits.data"
+    train, test = AutoDLDataset(data_dir / "train"), AutoDLDataset(data_dir / "test")
+    monkeypatch.setattr(learner_module.PixelStage, "fit", broken)
+    monkeypatch.setattr(learner_module, "Trainer", broken)
+    model = learner_module.Learner(train.get_metadata())
+    began = time.monotonic()
+    calls = 0
+    while not model.done_training and calls < 50:
+        prediction = model.test(test.get_dataset()) if calls % 2 else None
+        if not calls % 2:
+            model.train(train.get_dataset(), remaining_time_budget=60)
+        calls += 1
+    assert model.done_training and calls <= 10, calls
+    assert time.monotonic() - began < 30
+    prediction = model.test(test.get_dataset())
+    assert prediction.shape == (100, 10)  # the class prior, one row per test record
+    np.testing.assert_allclose(prediction[0], prediction[-1])
+
+
+def test_a_class_sorted_dataset_gets_a_first_model_that_saw_every_class(tmp_path):
+    from autodl_meta.learner import Learner
+    from ingestion_local.variants import class_order_variant, derive
+
+    from conftest import write_digits
+
+    source = write_digits(tmp_path, count=600)
+    sorted_dir = derive(source, tmp_path, class_order_variant())
+    data_dir = next(sorted_dir.glob("*.data"))
+    train, test = AutoDLDataset(data_dir / "train"), AutoDLDataset(data_dir / "test")
+    labels = np.stack([y.numpy() for _, y in train.get_dataset()])
+    assert (np.diff(labels.argmax(1)) >= 0).all()  # really sorted
+    solution = np.loadtxt(next(sorted_dir.glob("*.solution")))
+    learner = Learner(train.get_metadata())
+    first = run_calls(learner, train, test, (60,))[0]
+    pool = learner.data.pool
+    assert set(pool.labels[pool.fit_rows()].argmax(1).tolist()) == set(range(10))
+    assert set(pool.labels[pool.validation_rows()].argmax(1).tolist()) == set(range(10))
+    assert nauc(solution, first) > 0.8
+    assert learner.record.dataset["first_read"]["classes"] == 10
+
+
+def test_undecodable_records_are_skipped_and_test_rows_kept(tmp_path):
+    from autodl_meta.learner import Learner
+    from autodl_meta.record import read_run_record
+    from ingestion_local.variants import corrupt_variant, derive
+
+    from conftest import write_digits
+
+    source = write_digits(tmp_path, count=400)
+    corrupt = derive(source, tmp_path, corrupt_variant(0.05))
+    data_dir = next(corrupt.glob("*.data"))
+    train, test = AutoDLDataset(data_dir / "train"), AutoDLDataset(data_dir / "test")
+    solution = np.loadtxt(next(corrupt.glob("*.solution")))
+    record = tmp_path / "record.json"
+    import os
+    os.environ["AUTODL_RUN_RECORD"] = str(record)
+    try:
+        learner = Learner(train.get_metadata())
+        predictions = run_calls(learner, train, test, (60, 50))
+    finally:
+        del os.environ["AUTODL_RUN_RECORD"]
+    for prediction in predictions:
+        assert prediction.shape == solution.shape and np.isfinite(prediction).all()
+    assert nauc(solution, predictions[-1]) > 0.6
+    written = read_run_record(record)
+    assert written["undecodable"] == {"train": round(0.05 * 320), "test": round(0.05 * 80)}
+    assert not written["errors"]
 
 
 def make_odd_dataset(kind: str, root):
@@ -90,7 +178,5 @@ def test_awkward_inputs_get_predictions(kind, tmp_path):
         assert prediction.shape == solution.shape
         assert np.isfinite(prediction).all()
     assert learner.trainer.multilabel == (kind == "multilabel")
-    if kind != "monkeys":  # the synthetic ones are separable: the head must find it
-        from autodl_meta.validation import nauc
-
-        assert nauc(solution, predictions[1]) > 0.5  # the frozen-feature head
+    if kind != "monkeys":  # the synthetic ones are separable: every model must find it
+        assert nauc(solution, predictions[1]) > 0.5
