@@ -52,6 +52,11 @@ def _preprocess(resolution: int, frames: int):
     return preprocess
 
 
+# The functions given to tf.data here have no Python control flow: autograph would only make
+# building each pipeline slower.
+_plain = tf.autograph.experimental.do_not_convert
+
+
 def _fused(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """`dataset` with map fusion on: a map that keeps only the labels then drops the decode."""
     options = tf.data.Options()
@@ -175,14 +180,21 @@ class RecordReader:
         reader.count = self.count
         return reader
 
-    def _examples(self) -> tf.data.Dataset:
-        """(position, example, labels) of every record, decoded."""
-        if self.indexed:
-            return self._records.enumerate().map(
-                lambda position, record: (position, *self._parse(record)),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return self.dataset.enumerate().map(
-            lambda position, element: (position, *element), deterministic=True)
+    def _positioned(self) -> tf.data.Dataset:
+        """(position, record) in an indexed reader, (position, (example, labels)) otherwise."""
+        return (self._records if self.indexed else self.dataset).enumerate()
+
+    def _decoder(self):
+        """(position, record or element) to (position, uint8 example, labels), in one
+        traced function."""
+        preprocess = _preprocess(self.resolution, self.frames)
+        parse = self._parse if self.indexed else (lambda element: element)
+
+        @_plain
+        def decode(position, item):
+            example, labels = parse(item)
+            return position, preprocess(example), labels
+        return decode
 
     def read_labels(self, seconds: float | None = None) -> tuple[np.ndarray, bool]:
         """Every record's labels `[count, classes]` in record order, and whether the pass
@@ -210,15 +222,15 @@ class RecordReader:
         """Batches of (positions, labels), without decoding an image."""
         if self.indexed and self._labels_in_context():
             return self._records.batch(LABEL_BATCH).enumerate().map(
-                lambda index, batch: (index * LABEL_BATCH + tf.range(
-                    tf.shape(batch, out_type=tf.int64)[0]), self._context_labels(batch)),
+                _plain(lambda index, batch: (index * LABEL_BATCH + tf.range(
+                    tf.shape(batch, out_type=tf.int64)[0]), self._context_labels(batch))),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
         if self.indexed:
             labelled = self._records.enumerate().map(
-                lambda position, record: (position, self._parse(record)[-1]),
+                _plain(lambda position, record: (position, self._parse(record)[-1])),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         else:  # the map comes first, so that fusion can drop the platform's decode
-            labelled = self.dataset.map(lambda *element: element[-1]).enumerate()
+            labelled = self.dataset.map(_plain(lambda *element: element[-1])).enumerate()
         return _fused(labelled.ignore_errors().batch(LABEL_BATCH).prefetch(2))
 
     def _context_labels(self, batch: tf.Tensor) -> tf.Tensor:
@@ -247,30 +259,18 @@ class RecordReader:
     def pipeline(self, wanted: np.ndarray | None, start: int = 0) -> tf.data.Dataset:
         """Batches of (positions, images, labels) of the `wanted` positions (all from `start`
         when None): in an indexed reader the other records are read but not decoded."""
-        preprocess = _preprocess(self.resolution, self.frames)
-        if wanted is None and start > 0 and self.indexed:
-            examples = self._records.enumerate().skip(start).map(
-                lambda position, record: (position, *self._parse(record)),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        elif wanted is None:
-            examples = self._examples().skip(start)
-        else:
+        if wanted is None:
+            items = self._positioned().skip(start)
+        elif self.indexed:
             mask = np.zeros(int(wanted[-1]) + 1, dtype=bool)
             mask[wanted] = True
-            table = tf.constant(mask)
-
-            def is_wanted(position, *rest):
-                return tf.gather(table, position)
-
-            if self.indexed:
-                examples = self._selected_records(mask).map(
-                    lambda position, record: (position, *self._parse(record)),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            else:
-                examples = self._examples().take(len(mask)).filter(is_wanted)
-        examples = examples.map(lambda position, example, labels:
-                                (position, preprocess(example), labels),
-                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            items = self._selected_records(mask)
+        else:
+            table = tf.constant(np.isin(np.arange(int(wanted[-1]) + 1), wanted))
+            items = self._positioned().take(len(table)).filter(
+                _plain(lambda position, element: tf.gather(table, position)))
+        examples = items.map(self._decoder(), num_parallel_calls=tf.data.AUTOTUNE,
+                             deterministic=True)
         return examples.ignore_errors().batch(DECODE_BATCH).prefetch(2)
 
     def _selected_records(self, mask: np.ndarray) -> tf.data.Dataset:
@@ -279,6 +279,7 @@ class RecordReader:
         table = tf.constant(mask)
         size = tf.constant(len(mask), tf.int64)
 
+        @_plain
         def select(index, batch):
             positions = index * SELECT_BATCH + tf.range(tf.shape(batch, out_type=tf.int64)[0])
             inside = positions < size
@@ -303,7 +304,8 @@ def count_records(dataset: tf.data.Dataset) -> int:
     """How many records `dataset` holds, the undecodable ones included."""
     parts = _platform_parts(dataset)
     if parts is not None:
-        return int(parts[0].reduce(np.int64(0), lambda count, record: count + 1))
+        return int(parts[0].batch(LABEL_BATCH).reduce(
+            np.int64(0), lambda count, batch: count + tf.shape(batch, out_type=tf.int64)[0]))
     # Element by element: an element that fails still counts, and the pass goes on after it.
     iterator, count = iter(_fused(dataset.map(lambda *element: 0))), 0
     while True:

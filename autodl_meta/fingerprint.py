@@ -41,7 +41,8 @@ class Fingerprinter:
                  backbone: str = FINGERPRINT_BACKBONE) -> None:
         self.device = device or pick_device()
         self.backbone = backbone
-        self.extractor = FeatureExtractor(backbone, in_channels).eval().to(self.device)
+        self.extractor = FeatureExtractor(backbone, in_channels).eval().to(
+            self.device, memory_format=torch.channels_last)
 
     @torch.no_grad()
     def fingerprints(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:

@@ -65,6 +65,9 @@ GNN_TRAIN_NODES = 500        # labelled nodes of the transductive graph
 GNN_MAX_SHARE = 0.1          # of the time budget one refinement may take
 MAX_FAILURES = 2             # consecutive failures of a phase before it is given up
 VALIDATION_SLICE_FACTOR = 4  # a slice trains at least this many times its validation pass
+TEST_SLICE_FACTOR = 2        # ... and this many times a network test pass (up to the time
+                             # elapsed: early predictions weigh most)
+READ_AHEAD = 2               # decoded examples per example that training draws
 
 
 class Phase(enum.Enum):
@@ -407,11 +410,12 @@ class Learner:
 
     def _fine_tune(self) -> None:
         slice_seconds = self.policy.next_slice(self.test_seconds)
-        # Training, not validating, must fill a slice.
+        # Training, not validating or predicting, must fill most of the time.
         room = self.policy.remaining() - self.test_seconds - self.policy.safety_seconds
         slice_seconds = min(max(slice_seconds,
-                                VALIDATION_SLICE_FACTOR * self.fine_tune.validation_seconds),
-                            room)
+                                VALIDATION_SLICE_FACTOR * self.fine_tune.validation_seconds,
+                                min(TEST_SLICE_FACTOR * self.test_seconds,
+                                    self.policy.elapsed())), room)
         if slice_seconds < self.policy.min_slice_seconds:
             self.phase = Phase.DONE
             return
@@ -420,7 +424,7 @@ class Learner:
                 self.head_candidate.score_test = None
             self.head_candidate = None
         began = time.monotonic()
-        if not self.data.exhausted:
+        if not self.data.exhausted and self._needs_examples(slice_seconds):
             with self.ledger.timed("read_train"):
                 self.data.read(seconds=max(1.0, READ_SHARE * slice_seconds))
             self._count_undecodable("train", self.data.undecodable)
@@ -439,6 +443,13 @@ class Learner:
                     "%.1f s left", steps, len(pool.fit_rows()), _own_score(pool, candidate),
                     self.blend.score, ", new prediction" if accepted else "",
                     self.policy.remaining())
+
+    def _needs_examples(self, slice_seconds: float) -> bool:
+        """Whether training would soon draw each decoded example more than 1 / READ_AHEAD
+        times: decoding more than that costs time that training would not use."""
+        step_seconds = self.trainer.step_seconds or 0.1
+        draws = self.config.batch_size * (self.trainer.steps + slice_seconds / step_seconds)
+        return len(self.data.pool.fit_rows()) < READ_AHEAD * draws
 
     def _consider(self, candidate: Candidate) -> bool:
         pool = self.data.pool

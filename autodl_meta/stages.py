@@ -34,7 +34,7 @@ HEAD_SHARE = 0.15
 HEAD_MAX_EXAMPLES = 2048
 PIXEL_MAX_EXAMPLES = 4096
 RECENT_NETWORKS = 3   # network states a blend may average (snapshot averaging)
-MIN_GAIN = 1e-4       # validation NAUC a blend must gain before a new prediction is made
+MIN_GAIN = 0.003      # validation NAUC a blend must gain before a new prediction is made
 
 
 @dataclass

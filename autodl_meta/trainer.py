@@ -27,7 +27,9 @@ from autodl_meta.techniques import (EMBEDDING_LOSSES, class_balanced_batch, cosi
 
 logger = logging.getLogger(__name__)
 
-PREDICT_BATCH = 256
+# Frames per inference batch: small batches in channels-last layout run 3x faster than batches
+# of 256 in the default layout on a CPU (README, "Speed").
+PREDICT_BATCH = 64
 # Batches of a time-limited feature pass: small, so that it stops close to its time.
 TIMED_FEATURE_BATCH = 32
 BACKBONE_LR_SCALE = 0.1
@@ -51,7 +53,10 @@ def usable_cores() -> int:
 
 
 def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return images.to(device, non_blocking=True).float().div_(255.0)
+    """uint8 images `[n, channel, h, w]` as floats in [0, 1], channels-last (see PREDICT_BATCH;
+    training steps also run 1.6x faster in that layout here)."""
+    floats = images.to(device, non_blocking=True).float().div_(255.0)
+    return floats.contiguous(memory_format=torch.channels_last) if floats.dim() == 4 else floats
 
 
 class Trainer:
@@ -64,7 +69,8 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(seed)
         extractor = FeatureExtractor(config.backbone, in_channels)
         self.model = Classifier(extractor, num_classes, config.dropout,
-                                mlp_head=config.mlp_head).to(self.device)
+                                mlp_head=config.mlp_head).to(
+            self.device, memory_format=torch.channels_last)
         self.projection = (projection_head(extractor.num_features).to(self.device)
                            if config.embedding_loss != "none" else None)
         self.optimizer: torch.optim.Optimizer | None = None
@@ -108,6 +114,7 @@ class Trainer:
         self.model.eval()
         deadline = None if seconds is None else time.monotonic() + seconds
         outputs = []
+        batch_size = max(1, batch_size // max(1, images.shape[1]))  # frames, not clips
         for start in range(0, len(images), batch_size):
             if outputs and deadline is not None and time.monotonic() > deadline:
                 break
