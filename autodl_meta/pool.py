@@ -19,7 +19,7 @@ import torch
 
 from autodl_meta.data import Decoded, DecodePass, RecordReader, count_records
 from autodl_meta.quick import pixel_features
-from autodl_meta.validation import (NEAR_COPY_GROUP, choose_validation, class_of,
+from autodl_meta.validation import (NEAR_COPY_GROUP, NEAR_COPY_SHARE, choose_validation, class_of,
                                     closest_reference, near_copy_threshold, standardised,
                                     stratified_order)
 
@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 FIRST_CHUNK = 512       # training examples decoded (after the validation ones) for the first fit
 CHUNK_GROWTH = 2        # each later chunk is this many times the previous one
+SMALL_DATASET = 2048    # training records decoded in one pass from the start
 
 
 @dataclass
@@ -115,6 +116,8 @@ class TrainingPool:
         group = torch.bincount(self._copy_of[linked], minlength=int(self.is_validation.sum()))
         small = torch.zeros_like(linked)
         small[linked] = group[self._copy_of[linked]] <= NEAR_COPY_GROUP
+        if small.sum() > NEAR_COPY_SHARE * (~self.is_validation).sum():
+            return torch.zeros_like(linked)  # so many look alike: a dense dataset, not copies
         return small
 
     @property
@@ -191,6 +194,10 @@ class TrainingData:
     def _next_pass(self) -> DecodePass | None:
         if not self.reader.indexed:
             return None
+        if self._next == 0 and len(self.plan.order) <= SMALL_DATASET:
+            self._next = len(self.plan.order)  # one pass decodes everything
+            return self.reader.decode_pass(np.concatenate([self.plan.validation,
+                                                           self.plan.order]))
         if self._next < len(self.plan.order):
             wanted = self.plan.order[self._next:self._next + self._chunk]
             if self._next == 0:

@@ -29,6 +29,9 @@ VALIDATION_SHARE = 0.1
 NEAR_COPY_FLOOR = 0.9
 NEAR_COPY_QUANTILE = 0.99
 NEAR_COPY_GROUP = 8
+# ... and when more than this share of the training examples would be left out, the data is
+# dense (sets of digits or faces measured here), not made of copies: none is left out.
+NEAR_COPY_SHARE = 0.1
 NEAR_COPY_SAMPLE = 1000
 
 
