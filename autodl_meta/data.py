@@ -57,7 +57,7 @@ def _preprocess(resolution: int, frames: int):
 _plain = tf.autograph.experimental.do_not_convert
 
 
-def _fused(dataset: tf.data.Dataset) -> tf.data.Dataset:
+def with_map_fusion(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """`dataset` with map fusion on: a map that keeps only the labels then drops the decode."""
     options = tf.data.Options()
     options.experimental_optimization.map_fusion = True
@@ -235,7 +235,7 @@ class RecordReader:
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         else:  # the map comes first, so that fusion can drop the platform's decode
             labelled = self.dataset.map(_plain(lambda *element: element[-1])).enumerate()
-        return _fused(labelled.ignore_errors().batch(LABEL_BATCH).prefetch(2))
+        return with_map_fusion(labelled.ignore_errors().batch(LABEL_BATCH).prefetch(2))
 
     def _context_labels(self, batch: tf.Tensor) -> tf.Tensor:
         """Labels `[n, classes]` of serialized records, from the AutoDL format's context
@@ -311,7 +311,7 @@ def count_records(dataset: tf.data.Dataset) -> int:
         return int(parts[0].batch(LABEL_BATCH).reduce(
             np.int64(0), lambda count, batch: count + tf.shape(batch, out_type=tf.int64)[0]))
     # Element by element: an element that fails still counts, and the pass goes on after it.
-    iterator, count = iter(_fused(dataset.map(lambda *element: 0))), 0
+    iterator, count = iter(with_map_fusion(dataset.map(lambda *element: 0))), 0
     while True:
         try:
             next(iterator)

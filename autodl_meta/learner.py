@@ -157,6 +157,7 @@ class Learner:
         self.predicted_version = 0  # the blend version of the last prediction
         self.last_prediction: np.ndarray | None = None
         self.test_seconds = 0.0     # the slowest network test pass, kept free at the end
+        self.review_seconds = 0.0   # validating and weighing the last network state
         self.use_gnn = self.config.transductive_gnn
         self.gnn_train_nodes = torch.empty(0, dtype=torch.long)
         self.gnn_train_features: torch.Tensor | None = None
@@ -196,7 +197,6 @@ class Learner:
         if self.phase is Phase.DONE:
             self.done_training = True
             return
-        began = time.monotonic()
         try:
             self._run(dataset)
             self.failures = 0
@@ -411,7 +411,8 @@ class Learner:
     def _fine_tune(self) -> None:
         slice_seconds = self.policy.next_slice(self.test_seconds)
         # Training, not validating or predicting, must fill most of the time.
-        room = self.policy.remaining() - self.test_seconds - self.policy.safety_seconds
+        room = (self.policy.remaining() - self.test_seconds - self.policy.safety_seconds -
+                self.review_seconds)
         slice_seconds = min(max(slice_seconds,
                                 VALIDATION_SLICE_FACTOR * self.fine_tune.validation_seconds,
                                 min(TEST_SLICE_FACTOR * self.test_seconds,
@@ -436,9 +437,11 @@ class Learner:
         self.gnn_train_features = None  # the network moved: the graph is embedded again
         self.gnn_train_nodes = graph_nodes(pool.fit_rows(), self.seed)
         self._check_embedding_pace()
+        reviewed = time.monotonic()
         with self.ledger.timed("validate"):
             candidate = self.fine_tune.candidate(pool)
-        accepted = self._consider(candidate)
+            accepted = self._consider(candidate)
+        self.review_seconds = time.monotonic() - reviewed
         logger.info("fine-tuned %d steps on %d examples (validation NAUC %.4f, blend %.4f%s); "
                     "%.1f s left", steps, len(pool.fit_rows()), _own_score(pool, candidate),
                     self.blend.score, ", new prediction" if accepted else "",

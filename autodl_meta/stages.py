@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ HEAD_SHARE = 0.15
 HEAD_MAX_EXAMPLES = 2048
 PIXEL_MAX_EXAMPLES = 4096
 RECENT_NETWORKS = 3   # network states a blend may average (snapshot averaging)
+BLEND_ROUNDS = 8      # of greedy ensemble selection
+SELECTION_ENV = "AUTODL_SELECTION"
 MIN_GAIN = 0.003      # validation NAUC a blend must gain before a new prediction is made
 
 
@@ -164,6 +167,9 @@ class FineTuneStage:
 class Blend:
     """The candidates a prediction averages, weighted by ensemble selection on validation."""
 
+    # "blend": ensemble selection over the candidates; "best": the best one alone (the hard
+    # switch, kept to measure the blend against: README, "Choosing the prediction").
+    kind: str = field(default_factory=lambda: os.environ.get(SELECTION_ENV, "blend"))
     candidates: list[Candidate] = field(default_factory=list)
     weights: np.ndarray = field(default_factory=lambda: np.zeros(0))
     score: float = math.nan   # validation NAUC of the weighted average
@@ -177,7 +183,8 @@ class Blend:
             networks = [c for c in pool if c.name.startswith(FineTuneStage.name)]
             pool = [c for c in pool if c not in networks[:-(RECENT_NETWORKS - 1) or None]]
         pool.append(candidate)
-        weights = blend_weights(truth, [c.validation_scores for c in pool])
+        weights = blend_weights(truth, [c.validation_scores for c in pool],
+                                rounds=1 if self.kind == "best" else BLEND_ROUNDS)
         if not weights.any():
             own = nauc(truth, candidate.validation_scores) if len(truth) else math.nan
             if not math.isnan(self.score) or not math.isnan(own):

@@ -17,6 +17,7 @@ COMMANDS = {
     "techniques": ("offline.techniques", "low-data techniques against plain cross-entropy"),
     "fewshot": ("offline.fewshot.command", "REPTILE and MetaNAS on few-shot tasks (Table 1)"),
     "bench": ("offline.bench", "benchmark the submission through the local harness"),
+    "reading": ("offline.reading", "what reading a training set costs, and its class coverage"),
     "package": ("offline.package", "build the submission zip (make zip)"),
 }
 

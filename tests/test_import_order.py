@@ -1,4 +1,4 @@
-"""TensorFlow and torchvision import in both orders in this environment (DESIGN.md: with triton
+"""TensorFlow and torchvision import in both orders in this environment (README: with triton
 installed, TensorFlow first segfaults; the platform's ingestion imports TensorFlow first)."""
 import subprocess
 import sys

@@ -212,3 +212,23 @@ def test_the_pixel_stage_learns_from_fitting_rows_only():
                            fit_rows=lambda: torch.arange(600, 1500))
     candidate = PixelStage(multilabel=False).fit(pool)
     assert nauc(labels[1500:].numpy(), candidate.validation_scores) > 0.9
+
+
+def test_the_time_policy_weighs_time_as_the_scorer_does():
+    from autodl_meta import policy
+    from scoring_local import metrics
+
+    assert policy.T0 == metrics.T0
+    time_policy = TimePolicy(time_budget=300)
+    for t in (1.0, 30.0, 299.0):
+        assert time_policy.transformed(t) == pytest.approx(metrics.transform_time(t, 300))
+
+
+def test_the_runtime_nauc_is_the_scorers():
+    from scoring_local.metrics import nauc as scorer_nauc
+
+    rng = np.random.default_rng(0)
+    for labels, scores in [
+            (np.eye(7)[rng.integers(0, 7, 300)], np.round(rng.random((300, 7)), 1)),  # ties
+            ((rng.random((120, 5)) < 0.3).astype(float), rng.random((120, 5)))]:  # multilabel
+        assert nauc(labels, scores) == pytest.approx(scorer_nauc(labels, scores))

@@ -180,3 +180,49 @@ def test_awkward_inputs_get_predictions(kind, tmp_path):
     assert learner.trainer.multilabel == (kind == "multilabel")
     if kind != "monkeys":  # the synthetic ones are separable: every model must find it
         assert nauc(solution, predictions[1]) > 0.5
+
+
+def test_a_weak_first_model_does_not_hold_the_run(small_image_dataset, tmp_path, monkeypatch):
+    """A first model that ranks at random must give way to the later, better ones."""
+    from autodl_meta import learner as learner_module
+    from ingestion_local.variants import class_order_variant, derive
+
+    fit = learner_module.PixelStage.fit
+
+    def weak_fit(self, pool):
+        candidate = fit(self, pool)
+        rng = np.random.default_rng(0)
+        candidate.validation_scores = rng.random(candidate.validation_scores.shape)
+        candidate.score_test = lambda test: rng.random((len(test.images),
+                                                        candidate.validation_scores.shape[1]))
+        return candidate
+
+    monkeypatch.setattr(learner_module.PixelStage, "fit", weak_fit)
+    sorted_dir = derive(small_image_dataset, tmp_path, class_order_variant())
+    data_dir = next(sorted_dir.glob("*.data"))
+    train, test = AutoDLDataset(data_dir / "train"), AutoDLDataset(data_dir / "test")
+    solution = np.loadtxt(next(sorted_dir.glob("*.solution")))
+    learner = learner_module.Learner(train.get_metadata())
+    predictions = run_calls(learner, train, test, (120, 110, 100, 90))
+    scores = [nauc(solution, p) for p in predictions]
+    assert "pixel" not in learner.blend.described() or len(learner.blend.described()) > 1
+    assert scores[-1] > scores[0] + 0.3, scores
+
+
+@pytest.mark.slow
+def test_corrupt_records_through_the_harness(tmp_path):
+    from ingestion_local.variants import corrupt_variant, derive
+
+    from conftest import write_digits
+
+    corrupt = derive(write_digits(tmp_path, count=500), tmp_path, corrupt_variant(0.05))
+    budget = 30
+    result = run_local_test(corrupt, REPO_ROOT, budget, tmp_path / "run", start_wait=120)
+    assert result.ingestion_success
+    timestamps = ast.literal_eval(result.read("scores.txt")["timestamps"])
+    assert 1 <= len(timestamps) <= 100 and max(timestamps) <= budget
+    assert result.alc > 0.5, result.alc
+    from autodl_meta.record import read_run_record
+
+    record = read_run_record(result.prediction_dir / "run_record.json")
+    assert record["undecodable"] == {"train": 20, "test": 5}
