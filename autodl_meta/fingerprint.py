@@ -16,7 +16,7 @@ import torch
 
 from autodl_meta.backbones import FeatureExtractor
 from autodl_meta.data import RecordReader
-from autodl_meta.trainer import pick_device, to_float
+from autodl_meta.trainer import MEMORY_FORMAT, pick_device, to_float
 
 FINGERPRINT_BACKBONE = "efficientnet-lite0"
 FINGERPRINT_RESOLUTION = 64
@@ -42,7 +42,7 @@ class Fingerprinter:
         self.device = device or pick_device()
         self.backbone = backbone
         self.extractor = FeatureExtractor(backbone, in_channels).eval().to(
-            self.device, memory_format=torch.channels_last)
+            self.device, memory_format=MEMORY_FORMAT)
 
     @torch.no_grad()
     def fingerprints(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:

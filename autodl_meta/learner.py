@@ -156,7 +156,10 @@ class Learner:
         self.blend = Blend()
         self.predicted_version = 0  # the blend version of the last prediction
         self.last_prediction: np.ndarray | None = None
-        self.test_seconds = 0.0     # the slowest network test pass, kept free at the end
+        # What a network test pass is expected to take (kept free at the end of the budget):
+        # estimated from the head's feature pass, then from each network validation pass,
+        # then measured by each network test pass; the latest figure holds.
+        self.test_seconds = 0.0
         self.review_seconds = 0.0   # validating and weighing the last network state
         self.use_gnn = self.config.transductive_gnn
         self.gnn_train_nodes = torch.empty(0, dtype=torch.long)
@@ -392,8 +395,7 @@ class Learner:
         accepted = self._consider(candidate)
         # A network prediction costs a feature pass per TTA view: expect it from now on.
         views = 2 if self.config.flip_tta else 1
-        self.test_seconds = max(self.test_seconds, views * self.head.seconds_per_example *
-                                self._test_count())
+        self.test_seconds = views * self.head.seconds_per_example * self._test_count()
         logger.info("head fitted on %d frozen examples at %.1f s (validation NAUC %.4f, blend "
                     "%s)", self.head.examples, self.policy.elapsed(),
                     _own_score(pool, candidate), "takes it" if accepted else "keeps its models")
@@ -442,6 +444,10 @@ class Learner:
             candidate = self.fine_tune.candidate(pool)
             accepted = self._consider(candidate)
         self.review_seconds = time.monotonic() - reviewed
+        validated = len(pool.validation_rows())
+        if validated:
+            self.test_seconds = (self.fine_tune.validation_seconds * self._test_count() /
+                                 validated)
         logger.info("fine-tuned %d steps on %d examples (validation NAUC %.4f, blend %.4f%s); "
                     "%.1f s left", steps, len(pool.fit_rows()), _own_score(pool, candidate),
                     self.blend.score, ", new prediction" if accepted else "",
@@ -471,7 +477,6 @@ class Learner:
 
     # -- prediction ---------------------------------------------------------------------------
     def _predict(self) -> np.ndarray:
-        began = time.monotonic()
         with self.ledger.timed("predict"):
             try:
                 scores = self.blend.predict(self.test_set)
@@ -484,8 +489,9 @@ class Learner:
                 if not self.blend.candidates:
                     raise
                 scores = self.blend.predict(self.test_set)
-        if any(c.name.startswith(FineTuneStage.name) for c in self.blend.candidates):
-            self.test_seconds = max(self.test_seconds, time.monotonic() - began)
+        latest = self.fine_tune.latest if self.fine_tune is not None else None
+        if latest is not None and latest in self.blend.candidates and latest.test_seconds:
+            self.test_seconds = latest.test_seconds
         prediction = self.test_set.full(scores, self._prior())
         if prediction.shape != (self.test_set.count, self.output_dim) or \
                 not np.isfinite(prediction).all():

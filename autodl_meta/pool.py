@@ -7,6 +7,8 @@ ordered. `TrainingData` decodes the plan in chunks that grow (an indexed reader 
 a chunk asks for; a plain one streams every record) into a `TrainingPool`: the decoded rows, the
 validation rows among them, and the rows kept out of training as near-copies of a validation
 example. `TestSet` decodes the test set once, in order, and remembers the rows that failed.
+With a reader that streams the records in order (not `indexed`), the validation rows are those
+of the plan that the first read reached: a split that then stays, so that scores compare.
 """
 from __future__ import annotations
 
@@ -78,6 +80,9 @@ class TrainingPool:
         self._copy_of = torch.zeros(0, dtype=torch.long)
         self.near_copy_threshold: float | None = None
         self.validation_version = 0  # grows when validation rows are added
+        # Closed: rows decoded from now on train, even at validation positions (a reader that
+        # streams the records would otherwise change the split, and the scores, every slice).
+        self.validation_open = True
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -89,6 +94,8 @@ class TrainingPool:
         self._images = self._labels = None
         new_validation = torch.from_numpy(np.isin(decoded.positions,
                                                   self._validation_positions))
+        if not self.validation_open:
+            new_validation[:] = False
         features = standardised(pixel_features(torch.from_numpy(decoded.images)))
         if self.near_copy_threshold is None:
             self.near_copy_threshold = near_copy_threshold(features,
@@ -189,6 +196,8 @@ class TrainingData:
             added += len(decoded.positions)
             if self._pass.exhausted and self.reader.indexed:
                 self._pass = None
+        if not self.reader.indexed:
+            self.pool.validation_open = False  # the first read's validation rows stay the split
         return added
 
     def _next_pass(self) -> DecodePass | None:

@@ -40,7 +40,7 @@ SELECTION_ENV = "AUTODL_SELECTION"
 MIN_GAIN = 0.003      # validation NAUC a blend must gain before a new prediction is made
 
 
-@dataclass
+@dataclass(eq=False)  # candidates are told apart by identity: they hold arrays
 class Candidate:
     """One model's scores: on the validation rows now, on the test set when asked."""
 

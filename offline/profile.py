@@ -32,7 +32,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from autodl_meta.backbones import ZOO, Classifier, FeatureExtractor, available_backbones
 from autodl_meta.config import GENERALIST
 from autodl_meta.costs import CostEntry, CostTable, CostTableError
-from autodl_meta.trainer import GRADIENT_CLIP_NORM, PREDICT_BATCH
+from autodl_meta.trainer import GRADIENT_CLIP_NORM, MEMORY_FORMAT, PREDICT_BATCH, to_float
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ def time_train_step(model: Classifier, resolution: int, batch_size: int, repeats
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(resolution * 1000 + batch_size)
-    images = torch.rand(batch_size, 3, resolution, resolution, generator=generator).to(device)
+    images = to_float(torch.randint(0, 256, (batch_size, 3, resolution, resolution),
+                                    generator=generator, dtype=torch.uint8), device)
     labels = torch.randint(0, NUM_CLASSES, (batch_size,), generator=generator)
     # One-hot float targets, as the trainer passes them.
     targets = nn.functional.one_hot(labels, NUM_CLASSES).float().to(device)
@@ -118,8 +119,9 @@ def time_predict(model: Classifier, resolution: int, repeats: int,
     model.eval()
     batch_size = PREDICT_BATCH
     while True:
-        images = torch.rand(batch_size, 3, resolution, resolution,
-                            generator=torch.Generator().manual_seed(resolution)).to(device)
+        images = to_float(torch.randint(0, 256, (batch_size, 3, resolution, resolution),
+                                        generator=torch.Generator().manual_seed(resolution),
+                                        dtype=torch.uint8), device)
 
         @torch.no_grad()
         def forward(images: torch.Tensor = images) -> None:
@@ -168,7 +170,7 @@ def run_profile(backbones: Sequence[str], resolutions: Sequence[int],
     with logging_redirect_tqdm(), tqdm(total=len(pending), desc="profile", unit="entry") as bar:
         for backbone in dict.fromkeys(b for b, _, _ in pending):
             model = Classifier(FeatureExtractor(backbone, in_channels=3), NUM_CLASSES,
-                               dropout=0.2).to(device)
+                               dropout=0.2).to(device, memory_format=MEMORY_FORMAT)
             # Prediction does not depend on the training batch size: measured once per
             # resolution, or taken from an entry already measured on this device.
             predict: dict[int, float] = {}
