@@ -34,7 +34,7 @@ logger = logging.getLogger("autodl_meta")
 HEAD_SHARE = 0.15
 HEAD_MAX_EXAMPLES = 2048
 PIXEL_MAX_EXAMPLES = 4096
-RECENT_NETWORKS = 3   # network states a blend may average (snapshot averaging)
+RECENT_NETWORKS = 2   # network states a blend may average (snapshot averaging)
 BLEND_ROUNDS = 8      # of greedy ensemble selection
 SELECTION_ENV = "AUTODL_SELECTION"
 MIN_GAIN = 0.003      # validation NAUC a blend must gain before a new prediction is made
@@ -184,7 +184,8 @@ class Blend:
             pool = [c for c in pool if c not in networks[:-(RECENT_NETWORKS - 1) or None]]
         pool.append(candidate)
         weights = blend_weights(truth, [c.validation_scores for c in pool],
-                                rounds=1 if self.kind == "best" else BLEND_ROUNDS)
+                                rounds=1 if self.kind == "best" else BLEND_ROUNDS,
+                                min_gain=MIN_GAIN)
         if not weights.any():
             own = nauc(truth, candidate.validation_scores) if len(truth) else math.nan
             if not math.isnan(self.score) or not math.isnan(own):

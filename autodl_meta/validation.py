@@ -138,31 +138,32 @@ def closest_reference(reference: torch.Tensor, candidates: torch.Tensor, thresho
     return torch.cat(found)
 
 
-def blend_weights(truth: np.ndarray, candidate_scores: list[np.ndarray],
-                  rounds: int = 8) -> np.ndarray:
+def blend_weights(truth: np.ndarray, candidate_scores: list[np.ndarray], rounds: int = 8,
+                  min_gain: float = 0.003) -> np.ndarray:
     """Weights over the candidates from greedy ensemble selection with replacement on the
-    validation examples (Caruana et al., 2004): each round adds the candidate that most
-    improves the average's NAUC. A candidate whose own score is undefined gets no weight;
-    all zeros when no candidate has a defined score."""
+    validation examples (Caruana et al., 2004): the best candidate first, then each round adds
+    the candidate that most improves the average's NAUC, if by `min_gain` at least (smaller
+    gains on a few hundred examples are noise, and chasing them overfits the split). A
+    candidate whose own score is undefined gets no weight; all zeros when none has a defined
+    score."""
     weights = np.zeros(len(candidate_scores))
     own = [nauc(truth, scores) for scores in candidate_scores]
     if all(math.isnan(score) for score in own):
         return weights
-    total = None
-    best = math.nan
-    for _ in range(rounds):
+    first = int(np.nanargmax(own))
+    weights[first] = 1
+    total, best = candidate_scores[first].astype(np.float64), own[first]
+    for _ in range(rounds - 1):
         round_best, round_pick = math.nan, None
         for index, scores in enumerate(candidate_scores):
             if math.isnan(own[index]):
                 continue
-            trial = scores if total is None else (total + scores)
-            score = nauc(truth, trial / (weights.sum() + 1))
+            score = nauc(truth, total + scores)
             if beats(score, round_best):
                 round_best, round_pick = score, index
-        if round_pick is None or (total is not None and not beats(round_best, best)):
+        if round_pick is None or not beats(round_best, best + min_gain):
             break
         weights[round_pick] += 1
-        total = candidate_scores[round_pick] if total is None else total + \
-            candidate_scores[round_pick]
+        total = total + candidate_scores[round_pick]
         best = round_best
     return weights / weights.sum()
