@@ -36,7 +36,6 @@ class TrainConfig:
     dropout: float = 0.2
     augmentation: str = "none"
     augmentation_alpha: float = 0.2
-    train_frames: int = 1         # video: frames sampled per clip for one training step
     test_frames: int = 4          # video: frames averaged per clip at test time
     flip_tta: bool = True
     loss: str = "cross_entropy"   # of the classifier; cosine: 1 - cos(output, one-hot)
@@ -61,7 +60,6 @@ class TrainConfig:
             ("dropout", 0.0 <= self.dropout < 1.0),
             ("augmentation", self.augmentation in AUGMENTATIONS),
             ("augmentation_alpha", 0.0 < self.augmentation_alpha <= 10.0),
-            ("train_frames", self.train_frames >= 1),
             ("test_frames", self.test_frames >= 1),
             ("loss", self.loss in LOSSES),
             ("embedding_loss", self.embedding_loss in EMBEDDING_LOSSES),

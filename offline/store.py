@@ -33,6 +33,19 @@ CREATE TABLE IF NOT EXISTS incumbents (
 """
 
 
+# Fields TrainConfig no longer has; rows written before their removal still hold them.
+# train_frames (frames per clip for a training step) was validated but never read.
+RETIRED_FIELDS = ("train_frames",)
+
+
+def stored_config(text: str) -> TrainConfig:
+    """The config of a stored row, without the fields the schema has retired."""
+    values = json.loads(text)
+    for name in RETIRED_FIELDS:
+        values.pop(name, None)
+    return TrainConfig.from_dict(values)
+
+
 def config_key(config: TrainConfig) -> str:
     """A canonical text for a config, so equal configs share their results."""
     return json.dumps(config.to_dict(), sort_keys=True)
@@ -59,13 +72,13 @@ class ResultStore:
         self._rekey()
 
     def _rekey(self) -> None:
-        """Give rows written before TrainConfig gained fields the keys of today's schema (the
-        new fields at their defaults), so that they are found again."""
+        """Give rows written before TrainConfig gained or retired fields the keys of today's
+        schema (new fields at their defaults), so that they are found again."""
         rows = self._connection.execute(
             "SELECT rowid, config_key, config FROM evaluations").fetchall()
         updates = []
         for rowid, key, config in rows:
-            current = config_key(TrainConfig.from_dict(json.loads(config)))
+            current = config_key(stored_config(config))
             if current != key:
                 updates.append((current, current, rowid))
         if updates:
@@ -102,7 +115,7 @@ class ResultStore:
         query = "SELECT config, result FROM evaluations"
         rows = (self._connection.execute(query + " WHERE dataset=?", (dataset,)) if dataset
                 else self._connection.execute(query))
-        return [(TrainConfig.from_dict(json.loads(config)),
+        return [(stored_config(config),
                  Evaluation.from_dict(json.loads(result))) for config, result in rows]
 
     def set_incumbent(self, incumbent: Incumbent) -> None:
@@ -116,7 +129,7 @@ class ResultStore:
         rows = self._connection.execute(
             "SELECT dataset, backbone, config, alc, budget, trials FROM incumbents "
             "ORDER BY dataset, backbone")
-        return [Incumbent(dataset, backbone, TrainConfig.from_dict(json.loads(config)), alc,
+        return [Incumbent(dataset, backbone, stored_config(config), alc,
                           budget, trials)
                 for dataset, backbone, config, alc, budget, trials in rows]
 

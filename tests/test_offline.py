@@ -157,3 +157,15 @@ def test_selector_and_export_write_a_metadata_folder_the_runtime_uses(
     switched_off = Learner(train.get_metadata(), metadata_dir=metadata_dir)
     switched_off.train(train.get_dataset(), remaining_time_budget=60)
     assert switched_off.selected is None and switched_off.config == meta.generalist
+
+
+def test_store_rows_with_a_retired_field_are_found_again(tmp_path):
+    store_path = tmp_path / "store.sqlite"
+    with ResultStore(store_path) as store:
+        store.put(SMALL, Evaluation("smalldigits", 30.0, 0, 0.7, 0.8, 0.8))
+    old = json.dumps({**SMALL.to_dict(), "train_frames": 1}, sort_keys=True)
+    with sqlite3.connect(store_path) as connection:
+        connection.execute("UPDATE evaluations SET config_key=?, config=?", (old, old))
+    with ResultStore(store_path) as store:
+        assert store.get("smalldigits", SMALL, 30.0, 0).alc == pytest.approx(0.7)
+        assert [config for config, _ in store.evaluations()] == [SMALL]
