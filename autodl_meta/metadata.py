@@ -57,6 +57,10 @@ class MetaData:
         """Whether the meta-learned configs were tuned for a budget close to `time_budget`."""
         return self.tuned_budget / BUDGET_FACTOR <= time_budget <= self.tuned_budget * BUDGET_FACTOR
 
+    def backbones(self) -> set[str]:
+        """The backbones a run with this metadata can fine-tune."""
+        return {self.generalist.backbone, *(config.backbone for config in self.configs.values())}
+
     def to_json(self) -> dict[str, Any]:
         """The contents of configs.json."""
         return {"generalist": self.generalist.to_dict(), "min_confidence": self.min_confidence,

@@ -4,7 +4,9 @@
 
 The EfficientNet-Lite architecture (the Apache-2.0 package efficientnet_lite_pytorch) is copied
 in from the installed package with its licence, because competition servers do not have it.
-The build fails, naming the largest parts, when the zip is over the platform's limit.
+Of the pretrained weights, the zip carries those of the fingerprint network and of the
+backbones that metadata/'s configs name: no run could load the others. The build fails, naming
+the largest parts, when the zip is over the platform's limit.
 """
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from autodl_meta.backbones import ZOO
+from autodl_meta.fingerprint import FINGERPRINT_BACKBONE
+from autodl_meta.metadata import MetaData
 from autodl_meta.weights import read_manifest
 
 logger = logging.getLogger(__name__)
@@ -46,6 +51,12 @@ def _vendored_files(package: str) -> Iterator[tuple[Path, str]]:
         yield licence, f"{package}/LICENSE"
 
 
+def shipped_weight_files(metadata: Path) -> set[str]:
+    """Weight files the runtime can load with the configs of `metadata`."""
+    backbones = MetaData.load(metadata).backbones() | {FINGERPRINT_BACKBONE}
+    return {ZOO[name].weight_file for name in backbones}
+
+
 def submission_files(root: Path = REPO_ROOT) -> list[tuple[Path, str]]:
     """(source, name in the zip) of everything the submission needs."""
     files = [(root / "model.py", "model.py")]
@@ -56,8 +67,9 @@ def submission_files(root: Path = REPO_ROOT) -> list[tuple[Path, str]]:
                   if p.is_file()]
     pretrained = root / "pretrained"
     files.append((pretrained / "MANIFEST", "pretrained/MANIFEST"))
+    needed = shipped_weight_files(metadata)
     for entry in read_manifest(pretrained):
-        if entry.path(pretrained).is_file():
+        if entry.name in needed and entry.path(pretrained).is_file():
             files.append((entry.path(pretrained), f"pretrained/{entry.name}"))
     for package in VENDORED:
         files += list(_vendored_files(package))

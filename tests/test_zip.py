@@ -1,12 +1,14 @@
 """The submission zip: contents, size limit, and a run of the unzipped copy on its own."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import zipfile
 
 import pytest
 
+from autodl_meta.metadata import METADATA_DIR, MetaData
 from ingestion_local.run_local_test import run_local_test
 from offline.package import ZipTooLargeError, build_zip
 
@@ -20,14 +22,17 @@ def test_zip_layout(submission_zip):
     names = set(zipfile.ZipFile(submission_zip).namelist())
     assert "model.py" in names
     assert {"autodl_meta/learner.py", "pretrained/MANIFEST", "pretrained/efficientnet-lite0.pth",
-            "pretrained/efficientnet-lite1.pth", "pretrained/efficientnet-lite2.pth",
             "efficientnet_lite_pytorch/model.py", "efficientnet_lite_pytorch/LICENSE"} <= names
+    # The shipped configs all fine-tune Lite0, which is also the fingerprint network.
+    assert {c.backbone for c in MetaData.load(METADATA_DIR).configs.values()} == {
+        "efficientnet-lite0"}
+    assert not {"pretrained/efficientnet-lite1.pth", "pretrained/efficientnet-lite2.pth"} & names
     assert not any("__pycache__" in n for n in names)
     assert submission_zip.stat().st_size < 300 * 2**20
 
 
 def test_over_the_limit_fails_naming_the_largest_parts(tmp_path):
-    with pytest.raises(ZipTooLargeError, match="efficientnet-lite2.pth"):
+    with pytest.raises(ZipTooLargeError, match="efficientnet-lite0.pth"):
         build_zip(tmp_path / "small.zip", limit_mb=1)
     assert not list(tmp_path.iterdir()), "no zip is left behind"
 
@@ -45,3 +50,14 @@ def test_unzipped_submission_runs_on_its_own(submission_zip, small_image_dataset
     result = run_local_test(small_image_dataset, unzipped, 30, tmp_path / "run", start_wait=120)
     assert result.ingestion_success
     assert result.alc > 0.5
+
+
+def test_the_zip_carries_the_weights_its_configs_name(tmp_path):
+    from autodl_meta.config import TrainConfig
+    from autodl_meta.metadata import CONFIGS_FILE
+    from offline.package import shipped_weight_files
+
+    meta = MetaData(generalist=TrainConfig(backbone="efficientnet-lite2"))
+    (tmp_path / CONFIGS_FILE).write_text(json.dumps(meta.to_json()))
+    assert shipped_weight_files(tmp_path) == {"efficientnet-lite2.pth", "efficientnet-lite0.pth"}
+    assert shipped_weight_files(tmp_path / "missing") == {"efficientnet-lite0.pth"}
