@@ -28,6 +28,7 @@ from ingestion_local.baselines import code_dir as baseline_dir
 from ingestion_local.prepare import DEFAULT_OUT
 from ingestion_local.run_local_test import LocalTestResult, run_local_test
 from offline.cli import emit_table
+from offline.tables import markdown_row, markdown_table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,17 +49,16 @@ class BenchRow:
     train_share: float = 0.0       # of the run's time, in fine-tuning steps
     predict_share: float = 0.0     # of the run's time, in test passes
 
-    def markdown(self) -> str:
-        return (f"| {self.dataset} | {self.model} | {self.alc:.4f} | {self.final_nauc:.4f} | "
-                f"{self.first_prediction:.1f} | {self.last_prediction:.1f} | {self.predictions} "
-                f"| {int(self.success)} | {self.selected} | {self.backbone} | "
-                f"{self.undecodable} | {self.train_share:.2f} | {self.predict_share:.2f} |")
+    def cells(self) -> list[str]:
+        return [self.dataset, self.model, f"{self.alc:.4f}", f"{self.final_nauc:.4f}",
+                f"{self.first_prediction:.1f}", f"{self.last_prediction:.1f}",
+                str(self.predictions), str(int(self.success)), self.selected, self.backbone,
+                str(self.undecodable), f"{self.train_share:.2f}", f"{self.predict_share:.2f}"]
 
 
-HEADER = ("| dataset | model | ALC | final NAUC | first prediction (s) | last prediction (s) "
-          "| predictions | ingestion_success | selected | backbone | undecodable "
-          "| train share | predict share |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+COLUMNS = ("dataset", "model", "ALC", "final NAUC", "first prediction (s)",
+           "last prediction (s)", "predictions", "ingestion_success", "selected", "backbone",
+           "undecodable", "train share", "predict share")
 ROW_FILE = "bench_row.json"  # a finished run's row, kept beside its logs
 
 
@@ -108,7 +108,7 @@ def run_bench(datasets: Sequence[str], data_dir: Path, budget: float, result_dir
                 (run_dir / ROW_FILE).write_text(json.dumps({"budget": budget,
                                                             "row": asdict(row)}))
             rows.append(row)
-            tqdm.write(row.markdown())
+            tqdm.write(markdown_row(row.cells()))
     return rows
 
 
@@ -142,8 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = run_bench(args.datasets, args.data_dir, args.budget, args.result_dir,
                      None if args.baseline == "none" else args.baseline,
                      not args.no_generalist, args.force)
-    table = "\n".join([f"Budget {args.budget:.0f} s per run.", "", HEADER,
-                       *(r.markdown() for r in rows)])
+    table = (f"Budget {args.budget:.0f} s per run.\n\n" +
+             markdown_table(COLUMNS, [row.cells() for row in rows]))
     emit_table(table, args.out)
     return 0
 

@@ -23,6 +23,7 @@ from offline.cli import (add_run_arguments, add_store_arguments, check_run_argum
 from offline.cluster import dask_client, run_all, threads_per_task
 from offline.evaluate import Evaluation, evaluate_task
 from offline.store import ResultStore
+from offline.tables import markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -65,13 +66,10 @@ def best_configs(names: Sequence[str], matrix: np.ndarray, datasets: Sequence[st
 
 
 def markdown_matrix(names: Sequence[str], datasets: Sequence[str], matrix: np.ndarray) -> str:
-    lines = ["| config \\ dataset | " + " | ".join(datasets) + " | mean |",
-             "|---" * (len(datasets) + 2) + "|"]
-    for name, row in zip(names, matrix):
-        cells = " | ".join("-" if np.isnan(v) else f"{v:.3f}" for v in row)
-        mean = np.nanmean(row) if np.isfinite(row).any() else 0.0
-        lines.append(f"| {name} | {cells} | {mean:.3f} |")
-    return "\n".join(lines)
+    rows = [[name, *("-" if np.isnan(v) else f"{v:.3f}" for v in row),
+             f"{np.nanmean(row) if np.isfinite(row).any() else 0.0:.3f}"]
+            for name, row in zip(names, matrix)]
+    return markdown_table(["config \\ dataset", *datasets, "mean"], rows)
 
 
 def cross_evaluate(store: ResultStore, client, data_dir: Path, datasets: Sequence[str],

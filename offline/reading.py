@@ -30,12 +30,13 @@ from autodl_meta.pool import FIRST_CHUNK, ReadPlan
 from ingestion_local import AutoDLDataset
 from ingestion_local.prepare import DEFAULT_OUT
 from offline.cli import command_parser, emit_table
+from offline.tables import markdown_row, markdown_table
 
 RESOLUTION = 32
 PICKED = 64
-HEADER = ("| dataset | records | classes | decode all (s) | labels, platform (s) | "
-          "labels, indexed (s) | 64 picked (s) | classes in first 768 read | classes in "
-          "first chunk |\n|---|---|---|---|---|---|---|---|---|")
+COLUMNS = ("dataset", "records", "classes", "decode all (s)", "labels, platform (s)",
+           "labels, indexed (s)", "64 picked (s)", "classes in first 768 read",
+           "classes in first chunk")
 
 
 def _timed(work) -> tuple[float, Any]:
@@ -70,11 +71,11 @@ def measure(dataset_dir: Path) -> dict[str, Any]:
             "first_read": first}
 
 
-def markdown(row: dict[str, Any]) -> str:
-    return (f"| {row['dataset']} | {row['records']} | {row['classes']} | "
-            f"{row['decode_all_seconds']:.2f} | {row['labels_platform_seconds']:.2f} | "
-            f"{row['labels_indexed_seconds']:.2f} | {row['picked_seconds']:.2f} | "
-            f"{row['classes_in_first_read']} | {row['classes_in_first_chunk']} |")
+def cells(row: dict[str, Any]) -> list[object]:
+    return [row["dataset"], row["records"], row["classes"], f"{row['decode_all_seconds']:.2f}",
+            f"{row['labels_platform_seconds']:.2f}", f"{row['labels_indexed_seconds']:.2f}",
+            f"{row['picked_seconds']:.2f}", row["classes_in_first_read"],
+            row["classes_in_first_chunk"]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,8 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (folder / f"{name}.solution").is_file():
             parser.error(f"{folder}: not prepared (python -m ingestion_local.prepare)")
         rows.append(measure(folder))
-        tqdm.write(markdown(rows[-1]))
-    emit_table("\n".join([HEADER, *(markdown(row) for row in rows)]), args.out)
+        tqdm.write(markdown_row(cells(rows[-1])))
+    emit_table(markdown_table(COLUMNS, [cells(row) for row in rows]), args.out)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1) + "\n")

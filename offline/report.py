@@ -40,6 +40,7 @@ from offline.cli import setup_logging
 from offline.crosseval import GENERALIST_NAME, alc_matrix, candidate_configs, markdown_matrix
 from offline.selector import REPORT_FILE, HeldOut
 from offline.store import DEFAULT_STORE, REPO_ROOT, Incumbent, ResultStore
+from offline.tables import markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -293,12 +294,6 @@ def plot_identification(selector: SelectorReport, path: Path) -> None:
     ax.set_title(f"Which of {len(selector.datasets)} datasets is this batch from?")
     ax.legend(fontsize=8)
     save(figure, path)
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def number(value: float, digits: int = 3) -> str:

@@ -42,6 +42,7 @@ from offline.evaluate import dataset_paths
 from ingestion_local import AutoDLDataset
 from ingestion_local.prepare import DEFAULT_OUT as DEFAULT_DATA
 from offline.store import REPO_ROOT
+from offline.tables import markdown_table, mean_std
 from scoring_local.metrics import alc, nauc
 
 logger = logging.getLogger(__name__)
@@ -170,11 +171,6 @@ def run_technique(config: dict[str, Any], data_path: str, dataset: str, techniqu
         wall_seconds=time.monotonic() - began, notes=notes))
 
 
-def _mean_std(values: Sequence[float]) -> str:
-    values = np.asarray(values, dtype=float)
-    return f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.3f}"
-
-
 def markdown_tables(results: dict[tuple[str, str], list[TechniqueRun]],
                     datasets: Sequence[str], names: Sequence[str], budget: float) -> str:
     """One table per dataset (top-1 accuracy, NAUC, ALC: mean ± std over seeds; ALC gain over
@@ -183,13 +179,11 @@ def markdown_tables(results: dict[tuple[str, str], list[TechniqueRun]],
     gains: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for dataset in datasets:
         baseline = results.get((dataset, BASELINE), [])
-        lines = [f"### {dataset}", "",
-                 f"| technique | final accuracy | final NAUC | ALC at {budget:.0f} s | "
-                 f"ALC - baseline | steps | seeds | notes |", "|---|---|---|---|---|---|---|---|"]
+        rows = []
         for name in names:
             runs = results.get((dataset, name), [])
             if not runs:
-                lines.append(f"| {name} | - | - | - | - | - | 0 | not run |")
+                rows.append([name, "-", "-", "-", "-", "-", 0, "not run"])
                 continue
             gain = (np.mean([r.alc for r in runs]) - np.mean([r.alc for r in baseline])
                     if baseline else np.nan)
@@ -199,22 +193,22 @@ def markdown_tables(results: dict[tuple[str, str], list[TechniqueRun]],
             gains[name].append((gain, accuracy_gain))
             notes = sorted({note.split(":")[0] + ": too few steps for the budget"
                             for run in runs for note in run.notes})
-            lines.append(
-                f"| {name} | {_mean_std([r.final_accuracy for r in runs])} | "
-                f"{_mean_std([r.final_nauc for r in runs])} | "
-                f"{_mean_std([r.alc for r in runs])} | {gain:+.3f} | "
-                f"{np.mean([r.steps for r in runs]):.0f} | {len(runs)} | {'; '.join(notes)} |")
-        sections.append("\n".join(lines))
-    summary = ["### Mean over the datasets", "",
-               "| technique | accuracy - baseline (points) | ALC - baseline | datasets |",
-               "|---|---|---|---|"]
+            rows.append([name, mean_std([r.final_accuracy for r in runs]),
+                         mean_std([r.final_nauc for r in runs]), mean_std([r.alc for r in runs]),
+                         f"{gain:+.3f}", f"{np.mean([r.steps for r in runs]):.0f}", len(runs),
+                         "; ".join(notes)])
+        sections.append(f"### {dataset}\n\n" + markdown_table(
+            ["technique", "final accuracy", "final NAUC", f"ALC at {budget:.0f} s",
+             "ALC - baseline", "steps", "seeds", "notes"], rows))
+    summary = []
     for name in names:
         pairs = [pair for pair in gains[name] if np.isfinite(pair[0])]
         if pairs:
             alc_gain, accuracy_gain = np.mean(pairs, axis=0)
-            summary.append(f"| {name} | {100 * accuracy_gain:+.1f} | {alc_gain:+.3f} | "
-                           f"{len(pairs)} |")
-    return "\n\n".join(sections + ["\n".join(summary)])
+            summary.append([name, f"{100 * accuracy_gain:+.1f}", f"{alc_gain:+.3f}", len(pairs)])
+    sections.append("### Mean over the datasets\n\n" + markdown_table(
+        ["technique", "accuracy - baseline (points)", "ALC - baseline", "datasets"], summary))
+    return "\n\n".join(sections)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

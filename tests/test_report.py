@@ -123,3 +123,12 @@ def test_report_names_the_command_to_run_first(store_path, tmp_path, caplog):
         assert report.main(["--store", str(missing), "--out", str(out)]) == 1
     assert "python -m offline bohb" in caplog.text and not missing.exists()
     assert not out.exists()
+
+
+def test_tables_and_the_spread_over_seeds():
+    from offline.tables import markdown_table, mean_std
+
+    assert markdown_table(["a", "b"], [[1, "x"]]) == "| a | b |\n|---|---|\n| 1 | x |"
+    assert mean_std([0.5, 0.7]) == "0.600 ± 0.141"  # the sample std: 0.2 / sqrt(2)
+    assert mean_std([0.25]) == "0.250"
+    assert mean_std([0.5, 0.6], scale=100, digits=1) == "55.0 ± 7.1"

@@ -39,6 +39,7 @@ from offline.fewshot.head import HeadSetting, compare_heads
 from offline.fewshot.reptile import (MetaSchedule, TaskLearner, count_parameters, meta_test,
                                      meta_train)
 from offline.fewshot.tasks import REPO_ROOT, TaskSampler, cached_archive, split_classes
+from offline.tables import mean_std
 
 logger = logging.getLogger(__name__)
 
@@ -196,11 +197,8 @@ def result_name(method: str, size: str, seed: int, scale: Scale) -> str:
     return f"table-{method}-{size}{channels}-{scale.key(method)}-seed{seed}.json"
 
 
-def _mean_std(values: Sequence[float]) -> str:
-    """In %: mean ± std over seeds; the mean alone (no spread) from a single seed."""
-    if len(values) == 1:
-        return f"{100 * values[0]:.1f}"
-    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}"
+def _percent(values: Sequence[float]) -> str:
+    return mean_std(values, scale=100, digits=1)
 
 
 def table_markdown(runs: list[dict], scale_name: str, settings: Scale) -> str:
@@ -228,7 +226,7 @@ def table_markdown(runs: list[dict], scale_name: str, settings: Scale) -> str:
         if method == "metanas":
             variants.append(("unpruned_accuracy", "MetaNAS (unpruned)" + untrained))
         for field, label in variants:
-            cells = [_mean_std([np.mean([task[field] for task in run["evaluations"][f"{s}shot"][
+            cells = [_percent([np.mean([task[field] for task in run["evaluations"][f"{s}shot"][
                 "tasks"]]) for run in members]) for s in SHOTS]
             pruned = [task["pruned_parameters"] for run in members for s in SHOTS
                       for task in run["evaluations"][f"{s}shot"]["tasks"]
@@ -321,9 +319,9 @@ def heads_markdown(runs: list[dict]) -> str:
     for test in dict.fromkeys(run["test"] for run in runs):
         members = [run for run in runs if run["test"] == test]
         for name in members[0]["curves"]:
-            cells = [_mean_std([run["curves"][name][step] for run in members]) for step in steps]
+            cells = [_percent([run["curves"][name][step] for run in members]) for step in steps]
             lines.append(f"| {test} | {name} | " + " | ".join(cells) + " |")
-        lr = _mean_std([run["logistic_regression"] for run in members])
+        lr = _percent([run["logistic_regression"] for run in members])
         lines.append(f"| {test} | logistic regression (LBFGS, L2) | {lr} |"
                      + " |" * (len(steps) - 1))
     lines += ["", "linear_plain: zero-initialised linear head; mlp_plain: 1280-256-n MLP with "
