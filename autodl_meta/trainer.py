@@ -185,20 +185,9 @@ class Trainer:
         """Fine-tune for about `seconds` on the examples at `indices` (all when None); return
         the steps taken. Batches are gathered from `indices`, so no subset copy is made."""
         pool = indices if indices is not None else torch.arange(len(images))
-        if self.optimizer is None:
-            self.optimizer = self._make_optimizer()
         by_class = ([pool[group] for group in group_by_class(labels[pool])]
                     if self.embedding_active else [])
-        parameters = list(self.model.parameters())
-        if self.projection is not None:
-            parameters += list(self.projection.parameters())
-            self.projection.train()
-        self.model.train()
-        # BatchNorm keeps its ImageNet statistics: re-estimating them from small batches of
-        # unfamiliar images (grayscale, upscaled) wrecks the pretrained features at first.
-        for module in self.model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
+        self.start_training()
         started = time.monotonic()
         deadline = started + seconds
         batch_size = min(self.config.batch_size, len(pool))
@@ -213,16 +202,7 @@ class Trainer:
             frame = torch.randint(0, images.shape[1], (len(index),), generator=self.generator)
             batch = to_float(images[index, frame], self.device)
             targets = labels[index].to(self.device)
-            batch, targets = self._augment(batch, targets)
-            with torch.autocast(self.device.type, enabled=self.use_amp):
-                loss = (self._embedding_step_loss(batch, targets) if by_class
-                        else self._classifier_loss(self.model(batch).float(), targets))
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(parameters, GRADIENT_CLIP_NORM)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            self.train_step(*self._augment(batch, targets), embedding=bool(by_class))
             elapsed = time.monotonic() - began
             self.step_seconds = elapsed if self.step_seconds is None else \
                 0.8 * self.step_seconds + 0.2 * elapsed
@@ -230,6 +210,36 @@ class Trainer:
         self.steps += taken
         self.train_seconds += time.monotonic() - started
         return taken
+
+    def start_training(self) -> None:
+        """The optimiser (made once) and the modules' modes for fine-tuning steps."""
+        if self.optimizer is None:
+            self.optimizer = self._make_optimizer()
+        if self.projection is not None:
+            self.projection.train()
+        self.model.train()
+        # BatchNorm keeps its ImageNet statistics: re-estimating them from small batches of
+        # unfamiliar images (grayscale, upscaled) wrecks the pretrained features at first.
+        for module in self.model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+    def train_step(self, batch: torch.Tensor, targets: torch.Tensor,
+                   embedding: bool = False) -> None:
+        """One optimiser step on a float batch on the device, after `start_training`; the step
+        `python -m offline profile` times for the cost table."""
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            loss = (self._embedding_step_loss(batch, targets) if embedding
+                    else self._classifier_loss(self.model(batch).float(), targets))
+        parameters = list(self.model.parameters())
+        if self.projection is not None:
+            parameters += list(self.projection.parameters())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_(parameters, GRADIENT_CLIP_NORM)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     def _embedding_step_loss(self, batch: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The embedding loss for the backbone, plus the classifier's loss for the head on

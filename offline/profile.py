@@ -1,11 +1,11 @@
 """Measure the cost table: seconds per training step and per predicted image, per shape.
 
     python -m offline profile [--backbones efficientnet-lite0 ...] [--resolutions 32 64 96 128]
-                              [--batch-sizes 16 32 64 128] [--out metadata/cost_table.json]
+                              [--batch-sizes 16 32 64 128] [--out results/cost_table.json]
 
-Times the runtime's own network (FeatureExtractor + Classifier, 10 classes, dropout 0.2) on
-random images: a training step as the trainer takes it (SGD, cross-entropy, gradient clipping;
-mixed precision on CUDA) and an eval-mode forward at the trainer's prediction batch. Each cost is
+Times the runtime's own Trainer (the default config's optimiser, 10 classes) on random images:
+its training step (`Trainer.train_step`: cross-entropy, gradient clipping, mixed precision on
+CUDA) and an eval-mode forward at the trainer's prediction batch. Each cost is
 the fastest of --repeats timed runs after one warm-up run: other work on a shared machine only
 ever adds time, so the minimum is the most faithful reading. Entries already in --out for the same
 device are kept and the file is rewritten after every measurement, so an interrupted run goes on
@@ -29,15 +29,15 @@ from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from autodl_meta.backbones import ZOO, Classifier, FeatureExtractor, available_backbones
-from autodl_meta.config import GENERALIST
-from autodl_meta.costs import CostEntry, CostTable, CostTableError
-from autodl_meta.trainer import GRADIENT_CLIP_NORM, MEMORY_FORMAT, PREDICT_BATCH, to_float
+from autodl_meta.backbones import ZOO, Classifier, available_backbones
+from autodl_meta.config import TrainConfig
+from autodl_meta.trainer import PREDICT_BATCH, Trainer, to_float
+from offline.costs import CostEntry, CostTable, CostTableError
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO_ROOT / "metadata" / "cost_table.json"
+DEFAULT_OUT = REPO_ROOT / "results" / "cost_table.json"
 NUM_CLASSES = 10
 
 
@@ -77,39 +77,17 @@ def _fastest_seconds(run: Callable[[], None], repeats: int, device: torch.device
     return min(times)
 
 
-def time_train_step(model: Classifier, resolution: int, batch_size: int, repeats: int,
-                    device: torch.device) -> float:
-    """Seconds of one training step, taken as `Trainer.train_for` takes it."""
-    use_amp = device.type == "cuda"
-    # The update costs the same whatever the learning rates, so one group stands for the
-    # trainer's two (head and backbone).
-    optimizer = torch.optim.SGD(model.parameters(), lr=GENERALIST.learning_rate, momentum=0.9,
-                                nesterov=True, weight_decay=1e-6)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    loss_fn = nn.CrossEntropyLoss()
+def time_train_step(trainer: Trainer, resolution: int, batch_size: int, repeats: int) -> float:
+    """Seconds of one training step, the trainer's own (`Trainer.train_step`)."""
     generator = torch.Generator().manual_seed(resolution * 1000 + batch_size)
     images = to_float(torch.randint(0, 256, (batch_size, 3, resolution, resolution),
-                                    generator=generator, dtype=torch.uint8), device)
+                                    generator=generator, dtype=torch.uint8), trainer.device)
     labels = torch.randint(0, NUM_CLASSES, (batch_size,), generator=generator)
     # One-hot float targets, as the trainer passes them.
-    targets = nn.functional.one_hot(labels, NUM_CLASSES).float().to(device)
-    model.train()
-    # The trainer keeps BatchNorm in eval mode while fine-tuning, which changes its cost.
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
-
-    def step() -> None:
-        with torch.autocast(device.type, enabled=use_amp):
-            loss = loss_fn(model(images).float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), GRADIENT_CLIP_NORM)
-        scaler.step(optimizer)
-        scaler.update()
-
-    return _fastest_seconds(step, repeats, device)
+    targets = nn.functional.one_hot(labels, NUM_CLASSES).float().to(trainer.device)
+    trainer.start_training()
+    return _fastest_seconds(lambda: trainer.train_step(images, targets), repeats,
+                            trainer.device)
 
 
 def time_predict(model: Classifier, resolution: int, repeats: int,
@@ -169,8 +147,8 @@ def run_profile(backbones: Sequence[str], resolutions: Sequence[int],
     measured = busy = 0
     with logging_redirect_tqdm(), tqdm(total=len(pending), desc="profile", unit="entry") as bar:
         for backbone in dict.fromkeys(b for b, _, _ in pending):
-            model = Classifier(FeatureExtractor(backbone, in_channels=3), NUM_CLASSES,
-                               dropout=0.2).to(device, memory_format=MEMORY_FORMAT)
+            trainer = Trainer(TrainConfig(backbone=backbone), NUM_CLASSES, in_channels=3,
+                              multilabel=False, device=device)
             # Prediction does not depend on the training batch size: measured once per
             # resolution, or taken from an entry already measured on this device.
             predict: dict[int, float] = {}
@@ -180,9 +158,9 @@ def run_profile(backbones: Sequence[str], resolutions: Sequence[int],
             for _, resolution, batch_size in (p for p in pending if p[0] == backbone):
                 bar.set_postfix_str(f"{backbone} {resolution} px, batch {batch_size}")
                 busy += _busy(device, threads)
-                train = time_train_step(model, resolution, batch_size, repeats, device)
+                train = time_train_step(trainer, resolution, batch_size, repeats)
                 if resolution not in predict:
-                    predict[resolution] = time_predict(model, resolution, repeats, device)
+                    predict[resolution] = time_predict(trainer.model, resolution, repeats, device)
                 table.put(CostEntry(backbone, resolution, batch_size, train, predict[resolution]))
                 table.save(out)
                 measured += 1
@@ -191,7 +169,7 @@ def run_profile(backbones: Sequence[str], resolutions: Sequence[int],
                             1000 * predict[resolution])
                 bar.update()
             # Free one backbone's weights and optimiser state before building the next.
-            del model
+            del trainer
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -238,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "(default: %(default)s)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="the table, read to resume and rewritten after every entry "
-                             "(default: metadata/cost_table.json)")
+                             "(default: results/cost_table.json)")
     parser.add_argument("--threads", type=_positive, default=os.cpu_count() or 1, metavar="N",
                         help="torch threads (default: all cores, %(default)s)")
     parser.add_argument("--device", choices=("cpu", "cuda"),
