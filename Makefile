@@ -28,7 +28,7 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 pretrained: $(STAMP)
-	$(PY) -m autodl_meta.weights install
+	$(PY) -m offline.weights install
 
 $(DATA)/$(DEMO_DATASET)/$(DEMO_DATASET).solution: | $(STAMP)
 	$(PY) -m ingestion_local.prepare --out $(DATA) --only $(DEMO_DATASET)

@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autodl_meta.weights import PRETRAINED_DIR
-
 logger = logging.getLogger(__name__)
+
+# Filled by `make pretrained` (python -m offline.weights install), shipped in the zip.
+PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
 
 
 def _efficientnet_lite(variant: str) -> Callable[[], tuple[nn.Module, int]]:

@@ -4,7 +4,6 @@
                               selector's confidence threshold, the fingerprint transform and
                               the time budget the configs were tuned for
     metadata/selector.npz     the meta-classifier (autodl_meta.selector)
-    metadata/cost_table.json  forward+backward times per backbone and shape (autodl_meta.costs)
     metadata/provenance.json  how the files were made: datasets, commands, commit, date, scale
 
 Every error names the file and the field at fault. A folder without configs.json means "no

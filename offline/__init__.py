@@ -1,1 +1,2 @@
-"""Offline tools that produce what the submission ships: the zip, and (later) metadata/."""
+"""Offline tools: the pipeline that regenerates metadata/, the benchmark, the zip builder and the
+set-up of pretrained/."""

@@ -2,7 +2,7 @@
 
 Timing a run on a shared, noisy machine makes its ALC irreproducible, so (as in the paper) the
 time of one training step and of prediction is measured per backbone, resolution and batch size
-on a reference machine (`python -m offline profile`), stored in `metadata/cost_table.json`, and
+on a reference machine (`python -m offline profile`), stored in `results/cost_table.json`, and
 a run's time is then simulated from its number of steps, batch size and image shape.
 Files are validated on load; errors name the file and the field at fault.
 """

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from autodl_meta.config import TrainConfig
-from autodl_meta.costs import CostTable
+from offline.costs import CostTable
 from autodl_meta.learner import Learner
 from ingestion_local import AutoDLDataset
 from scoring_local.metrics import accuracy, alc, is_multiclass, nauc

@@ -1,4 +1,4 @@
-"""Write metadata/: the configs, the chosen meta-classifier, the cost table, the provenance.
+"""Write metadata/: the configs, the chosen meta-classifier, the provenance.
 
     python -m offline export --budget 180
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from autodl_meta.backbones import ZOO
 from autodl_meta.fingerprint import FINGERPRINT_BACKBONE
 from autodl_meta.metadata import MetaData
-from autodl_meta.weights import read_manifest
+from offline.weights import read_manifest
 
 logger = logging.getLogger(__name__)
 

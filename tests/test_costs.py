@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from autodl_meta.costs import CostEntry, CostTable, CostTableError
+from offline.costs import CostEntry, CostTable, CostTableError
 
 RESOLUTIONS = (32, 64, 96, 128)
 BATCH_SIZES = (16, 32, 64, 128)
@@ -149,7 +149,7 @@ def test_profile_writes_a_table_and_resumes(tmp_path, caplog):
 
 
 def test_the_shipped_table_is_valid_and_costs_grow_with_the_backbone():
-    table = CostTable.load(Path(__file__).resolve().parents[1] / "metadata" / "cost_table.json")
+    table = CostTable.load(Path(__file__).resolve().parents[1] / "results" / "cost_table.json")
     steps = [table.train_step_seconds(backbone, 128, 128)
              for backbone in ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")]
     assert 0 < steps[0] < steps[1] < steps[2]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from autodl_meta.config import GENERALIST, TrainConfig
-from autodl_meta.costs import CostEntry, CostTable
+from offline.costs import CostEntry, CostTable
 from autodl_meta.metadata import MetaData
 from offline import bohb, export, selector
 from offline.crosseval import GENERALIST_NAME, alc_matrix, candidate_configs
