@@ -61,3 +61,35 @@ def test_the_zip_carries_the_weights_its_configs_name(tmp_path):
     (tmp_path / CONFIGS_FILE).write_text(json.dumps(meta.to_json()))
     assert shipped_weight_files(tmp_path) == {"efficientnet-lite2.pth", "efficientnet-lite0.pth"}
     assert shipped_weight_files(tmp_path / "missing") == {"efficientnet-lite0.pth"}
+
+
+RUN_AND_LIST_MODULES = """
+import json, os, sys
+import model
+from ingestion_local import AutoDLDataset
+train, test = (AutoDLDataset(os.path.join(sys.argv[1], part)) for part in ("train", "test"))
+submission = model.Model(train.get_metadata())
+for call in range(3):  # first read and pixel model, head, fine-tuning
+    submission.train(train.get_dataset(), 100 - 10 * call)
+    submission.test(test.get_dataset(), 95 - 10 * call)
+here = os.getcwd()
+print(json.dumps(sorted(name for name, module in sys.modules.items()
+                        if (getattr(module, "__file__", None) or "").startswith(here))))
+"""
+
+
+@pytest.mark.slow
+def test_every_module_in_the_zip_is_imported_by_a_run(submission_zip, small_image_dataset,
+                                                      tmp_path):
+    unzipped = tmp_path / "submission"
+    zipfile.ZipFile(submission_zip).extractall(unzipped)
+    shipped = {name[:-3].replace("/", ".").removesuffix(".__init__")
+               for name in zipfile.ZipFile(submission_zip).namelist() if name.endswith(".py")}
+    run = subprocess.run(
+        [sys.executable, "-c", RUN_AND_LIST_MODULES,
+         str(small_image_dataset / f"{small_image_dataset.name}.data")],
+        cwd=unzipped, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    imported = set(json.loads(run.stdout.strip().splitlines()[-1]))
+    assert shipped - imported == set(), "shipped but never imported by a run"
+    assert imported <= shipped
