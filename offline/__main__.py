@@ -19,6 +19,7 @@ COMMANDS = {
     "bench": ("offline.bench", "benchmark the submission through the local harness"),
     "reading": ("offline.reading", "what reading a training set costs, and its class coverage"),
     "package": ("offline.package", "build the submission zip (make zip)"),
+    "weights": ("offline.weights", "copy and check the pretrained weights (make pretrained)"),
 }
 
 
@@ -32,4 +33,5 @@ def main() -> int:
     return importlib.import_module(module).main(sys.argv[2:])
 
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,7 +12,6 @@ interrupted benchmark goes on where it stopped), `--force` runs it again.
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import sys
@@ -27,7 +26,7 @@ from autodl_meta.record import RUN_RECORD_FILE, read_run_record
 from ingestion_local.baselines import code_dir as baseline_dir
 from ingestion_local.prepare import DEFAULT_OUT
 from ingestion_local.run_local_test import LocalTestResult, run_local_test
-from offline.cli import emit_table
+from offline.cli import command_parser, emit_table, setup_logging
 from offline.tables import markdown_row, markdown_table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -123,15 +122,14 @@ def _kept_row(run_dir: Path, budget: float) -> BenchRow | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m offline bench",
-                                     description=__doc__.split("\n\n")[0])
+    parser = command_parser("python -m offline bench", __doc__)
     parser.add_argument("--datasets", nargs="+", default=["mnist_demo"],
-                        help="prepared dataset names (default: %(default)s)")
+                        help="prepared dataset names")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--budget", type=float, default=300.0,
-                        help="time budget per run in seconds (default: %(default)s)")
+                        help="time budget per run in seconds")
     parser.add_argument("--baseline", default="linear",
-                        help="harness baseline to compare with, or 'none' (default: %(default)s)")
+                        help="harness baseline to compare with, or 'none'")
     parser.add_argument("--no-generalist", action="store_true",
                         help="skip the run with the meta-learning switched off")
     parser.add_argument("--result-dir", type=Path, default=REPO_ROOT / "runs" / "bench")
@@ -139,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true",
                         help="run again what --result-dir already holds at this budget")
     args = parser.parse_args(argv)
+    setup_logging()
     rows = run_bench(args.datasets, args.data_dir, args.budget, args.result_dir,
                      None if args.baseline == "none" else args.baseline,
                      not args.no_generalist, args.force)

@@ -10,10 +10,17 @@ from offline.evaluate import TIME_MODES
 from offline.store import DEFAULT_STORE
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
+                     argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help; the docstring's own line breaks kept."""
+
+
 def command_parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    """A parser whose description is the first paragraph of the module's docstring."""
-    return argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """The parser of every offline command: the module docstring's first paragraph before the
+    options, the rest of it after them."""
+    first, _, rest = doc.strip().partition("\n\n")
+    return argparse.ArgumentParser(prog=prog, description=first, epilog=rest or None,
+                                   formatter_class=_HelpFormatter)
 
 
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,6 @@ is loaded back with the runtime's own validation before the command reports succ
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -28,6 +27,7 @@ from autodl_meta.metadata import (CONFIGS_FILE, METADATA_DIR, PROVENANCE_FILE, S
 from offline.crosseval import alc_matrix, best_configs, candidate_configs
 from offline.selector import REPORT_FILE
 from offline.store import DEFAULT_STORE, REPO_ROOT, ResultStore
+from offline.cli import command_parser, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +77,7 @@ def export(store_path: Path, out: Path, budget: float, seed: int, commands: list
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m offline export",
-                                     description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = command_parser("python -m offline export", __doc__)
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE)
     parser.add_argument("--budget", type=float, default=180.0,
                         help="the cross-evaluation budget the generalist is chosen at")
@@ -88,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--commands", nargs="*", default=[],
                         help="the commands that produced the store, for provenance.json")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     commands = args.commands + ["python -m offline export " + " ".join(argv or sys.argv[1:])]
     meta = export(args.store, args.out, args.budget, args.seed, commands)
     print(f"{args.out}: {len(meta.configs)} dataset configs, selector {meta.selector.kind}, "

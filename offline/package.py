@@ -10,7 +10,6 @@ the largest parts, when the zip is over the platform's limit.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import logging
 import sys
@@ -22,6 +21,7 @@ from autodl_meta.backbones import ZOO
 from autodl_meta.fingerprint import FINGERPRINT_BACKBONE
 from autodl_meta.metadata import MetaData
 from offline.weights import read_manifest
+from offline.cli import command_parser, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -98,13 +98,12 @@ def build_zip(out: Path, root: Path = REPO_ROOT, limit_mb: float = LIMIT_MB) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m offline.package",
-                                     description=__doc__.split("\n\n")[0])
+    parser = command_parser("python -m offline.package", __doc__)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "dist" / "submission.zip")
     parser.add_argument("--limit-mb", type=float, default=LIMIT_MB,
-                        help="fail above this size (default: %(default)s)")
+                        help="fail above this size")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         path = build_zip(args.out, limit_mb=args.limit_mb)
     except (ZipTooLargeError, FileNotFoundError) as err:

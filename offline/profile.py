@@ -33,6 +33,7 @@ from autodl_meta.backbones import ZOO, Classifier, available_backbones
 from autodl_meta.config import TrainConfig
 from autodl_meta.trainer import PREDICT_BATCH, Trainer, to_float
 from offline.costs import CostEntry, CostTable, CostTableError
+from offline.cli import command_parser, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -197,20 +198,17 @@ def _resolution(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m offline profile",
-                                     description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 2)[2],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("python -m offline profile", __doc__)
     parser.add_argument("--backbones", nargs="+", choices=sorted(ZOO), metavar="BACKBONE",
                         default=None,
                         help="backbones to time (default: those with weights in pretrained/: "
                              f"{' '.join(available_backbones()) or 'none'})")
     parser.add_argument("--resolutions", nargs="+", type=_resolution, metavar="PX",
                         default=[32, 64, 96, 128],
-                        help="image sides in pixels (default: %(default)s)")
+                        help="image sides in pixels")
     parser.add_argument("--batch-sizes", nargs="+", type=_positive, metavar="N",
                         default=[16, 32, 64, 128],
-                        help="training batch sizes (default: %(default)s)")
+                        help="training batch sizes")
     parser.add_argument("--repeats", type=_positive, default=3, metavar="N",
                         help="timed runs per entry after one warm-up run; the fastest is kept "
                              "(default: %(default)s)")
@@ -221,11 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="torch threads (default: all cores, %(default)s)")
     parser.add_argument("--device", choices=("cpu", "cuda"),
                         default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where to time (default: %(default)s)")
+                        help="where to time")
     parser.add_argument("--force", action="store_true",
                         help="measure again entries that --out already holds")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available")
     backbones = args.backbones or available_backbones()

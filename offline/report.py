@@ -17,7 +17,6 @@ writes into `--out`:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -36,7 +35,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from autodl_meta.fingerprint import FINGERPRINT_BATCH
-from offline.cli import setup_logging
+from offline.cli import command_parser, setup_logging
 from offline.crosseval import GENERALIST_NAME, alc_matrix, candidate_configs, markdown_matrix
 from offline.selector import REPORT_FILE, HeldOut
 from offline.store import DEFAULT_STORE, REPO_ROOT, Incumbent, ResultStore
@@ -387,12 +386,9 @@ def write_report(data: ReportData, out: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m offline report",
-                                     description=__doc__.split("\n\n")[0],
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("python -m offline report", __doc__)
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE,
-                        help="the result store (default: %(default)s)")
+                        help="the result store")
     parser.add_argument("--budget", type=float, default=180.0,
                         help="budget of the cross-evaluation matrix, seconds "
                              "(default: %(default)s)")
@@ -400,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seeds the cross-evaluation ALCs are averaged over "
                              "(default: %(default)s)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="folder for the plots and summary.md (default: %(default)s)")
+                        help="folder for the plots and summary.md")
     args = parser.parse_args(argv)
     setup_logging()
     report_path = args.store.parent / "selector" / REPORT_FILE

@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import shutil
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autodl_meta.backbones import PRETRAINED_DIR
+from offline.cli import command_parser, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -86,13 +86,12 @@ def install(pretrained_dir: Path = PRETRAINED_DIR) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m offline.weights",
-                                     description=__doc__.split("\n\n")[0])
+    parser = command_parser("python -m offline.weights", __doc__)
     parser.add_argument("command", choices=("install", "status"))
     parser.add_argument("--dir", type=Path, default=PRETRAINED_DIR,
-                        help="folder holding MANIFEST (default: %(default)s)")
+                        help="folder holding MANIFEST")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     if args.command == "install":
         try:
             paths = install(args.dir)
