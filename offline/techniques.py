@@ -23,7 +23,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from autodl_meta.techniques import refine_with_gcn
 from autodl_meta.trainer import Trainer
 from offline.cli import command_parser, emit_table, setup_logging
 from offline.cluster import dask_client, run_all, threads_per_task
-from offline.evaluate import dataset_paths
+from offline.evaluate import Evaluation, dataset_paths
 from ingestion_local import AutoDLDataset
 from ingestion_local.prepare import DEFAULT_OUT as DEFAULT_DATA
 from offline.store import REPO_ROOT
@@ -66,21 +66,12 @@ CHECKPOINTS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
 
 
 @dataclass
-class TechniqueRun:
-    """One technique on one dataset with one seed: its learning curve and final scores."""
+class TechniqueRun(Evaluation):
+    """One technique on one dataset with one seed: an evaluation, with the technique's name and
+    the training steps it took."""
 
-    dataset: str
-    technique: str
-    seed: int
-    budget: float
-    alc: float
-    final_nauc: float
-    final_accuracy: float
-    timestamps: list[float] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
+    technique: str = ""
     steps: int = 0
-    wall_seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
 
 def technique_configs(names: Sequence[str], base: TrainConfig = GENERALIST,

@@ -169,7 +169,7 @@ def test_technique_table_reports_every_run_against_the_baseline():
         technique_configs(["dropout_magic"])
 
     def run(name: str, seed: int, alc: float, accuracy: float, notes=()) -> TechniqueRun:
-        return TechniqueRun("d", name, seed, 60, alc, 0.8, accuracy, steps=100,
+        return TechniqueRun("d", 60, seed, alc, 0.8, accuracy, technique=name, steps=100,
                             notes=list(notes))
 
     runs = {("d", BASELINE): [run(BASELINE, s, 0.5 + 0.01 * s, 0.6) for s in (0, 1)],
