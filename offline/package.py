@@ -19,9 +19,9 @@ from pathlib import Path
 
 from autodl_meta.backbones import ZOO
 from autodl_meta.fingerprint import FINGERPRINT_BACKBONE
-from autodl_meta.metadata import MetaData
-from offline.weights import read_manifest
+from autodl_meta.metadata import MetaData, MetadataError
 from offline.cli import command_parser, setup_logging
+from offline.weights import read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,10 @@ def _vendored_files(package: str) -> Iterator[tuple[Path, str]]:
 def shipped_weight_files(metadata: Path) -> set[str]:
     """Weight files the runtime can load with the configs of `metadata`."""
     backbones = MetaData.load(metadata).backbones() | {FINGERPRINT_BACKBONE}
-    return {ZOO[name].weight_file for name in backbones}
+    unknown = sorted(backbones - set(ZOO))
+    if unknown:  # the runtime replaces them by an available backbone, with a warning
+        logger.warning("%s names backbones outside the zoo: %s", metadata, ", ".join(unknown))
+    return {ZOO[name].weight_file for name in backbones if name in ZOO}
 
 
 def submission_files(root: Path = REPO_ROOT) -> list[tuple[Path, str]]:
@@ -106,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     try:
         path = build_zip(args.out, limit_mb=args.limit_mb)
-    except (ZipTooLargeError, FileNotFoundError) as err:
+    except (ZipTooLargeError, FileNotFoundError, MetadataError) as err:
         logger.error("%s", err)
         return 1
     print(f"{path} ({path.stat().st_size / 2**20:.1f} MB)")
