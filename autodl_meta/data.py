@@ -14,6 +14,13 @@ the positions asked for, reading the other records' bytes without decoding them.
 (`indexed` False: any other tf.data dataset) a pass decodes every record up to the last position
 it needs. Measured costs are in the README ("Reading").
 
+An indexed reader whose records hold compressed frames in the AutoDL layout (`0_compressed`)
+decodes them itself (`direct`): the chosen frames only, straight to uint8, resized only when
+their size differs (small fixed-size images a batch at a time), which takes a third to a half of
+the platform's parse (float frames, every frame of a clip). It does so only when that gives the
+platform parse's labels and pixels on the first records; otherwise it decodes through the
+platform's parse.
+
 A record that cannot be decoded (corrupt image bytes) is skipped and its position reported in
 `Decoded.failed`; a pass never stops at one.
 """
@@ -35,6 +42,11 @@ SELECT_BATCH = 1024   # raw records are picked a batch at a time: cheap per reco
 LAYOUT_CHECK = 16     # records compared between the fast and the platform's label parse
 LABEL_FEATURES = {"label_index": tf.io.VarLenFeature(tf.int64),
                   "label_score": tf.io.VarLenFeature(tf.float32)}
+IMAGE_FEATURE = "0_compressed"  # the AutoDL format's compressed frames (first bundle)
+PIXEL_TOLERANCE = 1             # uint8 levels the direct decode may differ by (rounding)
+# Fixed-size images up to this many pixels are resized a batch at a time (cheaper than one by
+# one); larger ones one by one, so that a batch never holds them at full size.
+BATCH_RESIZE_PIXELS = 128 * 128
 # A raw-record read buffer large enough that reading is not the cost (tf.data's default: 256 KB).
 RECORD_BUFFER_BYTES = 8 << 20
 
@@ -43,18 +55,67 @@ def _preprocess(resolution: int, frames: int):
     def preprocess(example: tf.Tensor) -> tf.Tensor:
         example = tf.where(tf.math.is_nan(example), tf.zeros_like(example), example)
         length = tf.shape(example)[0]
-        index = tf.cast(tf.round(tf.linspace(0.0, tf.cast(length - 1, tf.float32), frames)),
-                        tf.int32)
-        example = tf.image.resize(tf.gather(example, index), (resolution, resolution),
+        example = tf.image.resize(tf.gather(example, _sampled(length, frames)),
+                                  (resolution, resolution),
                                   antialias=True)
         example = tf.cast(tf.clip_by_value(example * 255.0 + 0.5, 0.0, 255.0), tf.uint8)
         return tf.transpose(example, (0, 3, 1, 2))
     return preprocess
 
 
+def _resized_uint8(frames: tf.Tensor, size, antialias: bool = True) -> tf.Tensor:
+    """uint8 `[..., row, col, channel]` resized to `size`, rounded to uint8. Only a
+    downscale needs `antialias` (an upscale gives the same pixels without, in half the time)."""
+    resized = tf.image.resize(tf.cast(frames, tf.float32), size, antialias=antialias)
+    return tf.cast(tf.clip_by_value(resized + 0.5, 0.0, 255.0), tf.uint8)
+
+
+def _sampled(count: tf.Tensor, frames: int) -> tf.Tensor:
+    """`frames` indices spread uniformly over `count` (the frames a clip is reduced to)."""
+    return tf.cast(tf.round(tf.linspace(0.0, tf.cast(count - 1, tf.float32), frames)), tf.int32)
+
+
 # The functions given to tf.data here have no Python control flow: autograph would only make
 # building each pipeline slower.
 _plain = tf.autograph.experimental.do_not_convert
+
+
+# The direct decode, traced once per process for each (channels, classes, frames): the
+# readers of one run (training, fingerprint, test) share the traces (0.1-0.4 s each here).
+@tf.function(autograph=False)
+def _direct_frames(record: tf.Tensor, channels: int, classes: int, frames: int
+                   ) -> tuple[tf.Tensor, tf.Tensor]:
+    """One serialized AutoDL record's chosen frames, uint8 `[frames, row, col, channel]` at
+    their stored size, and its labels `[classes]`, parsed without the platform's function."""
+    context, sequence = tf.io.parse_single_sequence_example(
+        record, context_features=LABEL_FEATURES,
+        sequence_features={IMAGE_FEATURE: tf.io.FixedLenSequenceFeature([], tf.string)})
+    encoded = sequence[IMAGE_FEATURE]
+    chosen = tf.gather(encoded, _sampled(tf.shape(encoded)[0], frames))
+    if frames == 1:
+        decoded = tf.image.decode_image(chosen[0], channels=channels,
+                                        expand_animations=False)[tf.newaxis]
+    else:
+        decoded = tf.map_fn(lambda frame: tf.image.decode_image(
+            frame, channels=channels, expand_animations=False), chosen,
+            fn_output_signature=tf.TensorSpec([None, None, channels], tf.uint8))
+    index, score = context["label_index"].values, context["label_score"].values
+    keep = (index >= 0) & (index < classes)
+    labels = tf.scatter_nd(tf.boolean_mask(index, keep)[:, tf.newaxis],
+                           tf.boolean_mask(score, keep), [classes])
+    return decoded, labels
+
+
+def _direct_decode(position: tf.Tensor, record: tf.Tensor, channels: int, classes: int,
+                   frames: int, size: tuple[int, int], stored: bool):
+    """(position, record) to (position, uint8 frames of `size`, labels): frames `stored` at
+    that size are kept as they are (a record of another size fails, and is reported as
+    undecodable), others are resized one by one. No tf.cond: in a tf.data map each costs
+    more than the decode of a small image."""
+    decoded, labels = _direct_frames(record, channels, classes, frames)
+    if not stored:
+        decoded = _resized_uint8(decoded, size)
+    return position, tf.ensure_shape(decoded, [frames, *size, channels]), labels
 
 
 def with_map_fusion(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -163,23 +224,73 @@ class DecodePass:
 class RecordReader:
     """Labels and decoded examples of one dataset, by record position (see the module doc)."""
 
-    def __init__(self, dataset: tf.data.Dataset, resolution: int, frames: int) -> None:
+    def __init__(self, dataset: tf.data.Dataset, resolution: int, frames: int,
+                 direct: bool | None = None) -> None:
+        """`direct`: whether to decode the records directly (False: always through the
+        platform's parse; None: checked on the first records; see the module doc)."""
         self.dataset = dataset
         self.resolution, self.frames = resolution, frames
         example_spec, labels_spec = dataset.element_spec[0], dataset.element_spec[-1]
         self.channels = int(example_spec.shape[-1])
         self.classes = int(labels_spec.shape[-1])
+        # The stored image size when every example has it, else None (sizes vary).
+        rows, cols = example_spec.shape[1], example_spec.shape[2]
+        self.stored_size = (int(rows), int(cols)) if rows and cols else None
         parts = _platform_parts(dataset)
         self.indexed = parts is not None
         self._records, self._parse = parts if parts is not None else (None, None)
         self.count: int | None = None  # known once a label pass has finished
+        self._direct = direct if self.indexed else False  # None: not checked yet
         self._decode = None
 
     def with_resolution(self, resolution: int, frames: int) -> RecordReader:
-        """The same records, decoded at another resolution (the count is kept)."""
+        """The same records, decoded at another resolution (the count and the decode check
+        are kept)."""
         reader = RecordReader(self.dataset, resolution, frames)
         reader.count = self.count
+        reader._direct = self._direct
         return reader
+
+    @property
+    def direct(self) -> bool:
+        """Whether the reader decodes the records itself rather than through the platform's
+        parse (checked once, on the first records; see the module doc)."""
+        if self._direct is None:
+            self._direct = self._direct_matches_platform()
+            logger.debug("%s decode", "direct" if self._direct else "platform")
+        return self._direct
+
+    def _direct_matches_platform(self) -> bool:
+        """Whether the direct decode gives the platform parse's labels and pixels (within
+        rounding) on the first LAYOUT_CHECK records, and fails on the same ones."""
+        first = self._records.take(LAYOUT_CHECK).enumerate()
+        channels, classes, frames = self.channels, self.classes, self.frames
+        try:
+            expected = list(first.map(_plain(lambda position, record: (
+                position, *self._parse(record)))).ignore_errors().as_numpy_iterator())
+            direct = list(first.map(_plain(lambda position, record: (
+                position, *_direct_frames(record, channels, classes, frames))))
+                .ignore_errors().as_numpy_iterator())
+        except (tf.errors.OpError, ValueError, TypeError):
+            return False
+        if not expected or [row[0] for row in direct] != [row[0] for row in expected]:
+            return False
+        for (_, example, labels), (_, decoded, direct_labels) in zip(expected, direct):
+            chosen = example[np.round(np.linspace(0, len(example) - 1, frames)).astype(int)]
+            pixels = np.clip(chosen * 255.0 + 0.5, 0, 255).astype(np.int32)
+            if decoded.shape != pixels.shape or not np.allclose(direct_labels, labels):
+                return False
+            if np.abs(decoded.astype(np.int32) - pixels).max() > PIXEL_TOLERANCE:
+                return False
+        return True
+
+    def _batch_size(self) -> tuple[int, int]:
+        """The size of the frames a direct decode batches: stored (resized a batch at a time)
+        when every image has one small size, else the resolution (resized one by one)."""
+        if self.stored_size is not None and \
+                self.stored_size[0] * self.stored_size[1] <= BATCH_RESIZE_PIXELS:
+            return self.stored_size
+        return (self.resolution, self.resolution)
 
     def _positioned(self) -> tf.data.Dataset:
         """(position, record) in an indexed reader, (position, (example, labels)) otherwise."""
@@ -190,15 +301,38 @@ class RecordReader:
         traced once per reader and called by every pass (building a pass costs 0.05 s then,
         against 0.25 s when each traces its own)."""
         if self._decode is None:
-            preprocess = _preprocess(self.resolution, self.frames)
-            parse = self._parse if self.indexed else (lambda element: element)
+            if self.direct:
+                channels, classes, frames = self.channels, self.classes, self.frames
+                size = self._batch_size()
+                stored = size == self.stored_size
+                self._decode = lambda position, record: _direct_decode(
+                    position, record, channels, classes, frames, size, stored)
+            else:
+                preprocess = _preprocess(self.resolution, self.frames)
+                parse = self._parse if self.indexed else (lambda element: element)
 
-            @tf.function(autograph=False)
-            def decode(position, item):
-                example, labels = parse(item)
-                return position, preprocess(example), labels
-            self._decode = decode
+                @tf.function(autograph=False)
+                def decode(position, item):
+                    example, labels = parse(item)
+                    return position, preprocess(example), labels
+                self._decode = decode
         return _plain(lambda position, item: self._decode(position, item))
+
+    def _direct_layout(self):
+        """A batch of directly decoded frames to the reader's layout: resized to the
+        resolution when they are not yet, `[n, frames, channel, resolution, resolution]`."""
+        size, side = self._batch_size(), self.resolution
+
+        @_plain
+        def layout(positions, frames, labels):
+            if size != (side, side):
+                shape = tf.shape(frames)
+                flat = tf.reshape(frames, [-1, *size, self.channels])
+                frames = tf.reshape(_resized_uint8(flat, (side, side),
+                                                   antialias=max(size) > side),
+                                    [shape[0], self.frames, side, side, self.channels])
+            return positions, tf.transpose(frames, (0, 1, 4, 2, 3)), labels
+        return layout
 
     def read_labels(self, seconds: float | None = None) -> tuple[np.ndarray, bool]:
         """Every record's labels `[count, classes]` in record order, and whether the pass
@@ -224,7 +358,9 @@ class RecordReader:
 
     def _label_batches(self) -> tf.data.Dataset:
         """Batches of (positions, labels), without decoding an image."""
-        if self.indexed and self._labels_in_context():
+        # The direct decode's check compares the same context fields' labels with the
+        # platform's: when it holds, so does the batched parse.
+        if self.indexed and (self.direct or self._labels_in_context()):
             return self._records.batch(LABEL_BATCH).enumerate().map(
                 _plain(lambda index, batch: (index * LABEL_BATCH + tf.range(
                     tf.shape(batch, out_type=tf.int64)[0]), self._context_labels(batch))),
@@ -274,8 +410,10 @@ class RecordReader:
             items = self._positioned().take(len(table)).filter(
                 _plain(lambda position, element: tf.gather(table, position)))
         examples = items.map(self._decoder(), num_parallel_calls=tf.data.AUTOTUNE,
-                             deterministic=True)
-        return examples.ignore_errors().batch(DECODE_BATCH).prefetch(2)
+                             deterministic=True).ignore_errors().batch(DECODE_BATCH)
+        if self.direct:
+            examples = examples.map(self._direct_layout())
+        return examples.prefetch(2)
 
     def _selected_records(self, mask: np.ndarray) -> tf.data.Dataset:
         """(position, record) of the positions where `mask` holds, picked from batches of raw
@@ -308,8 +446,9 @@ def count_records(dataset: tf.data.Dataset) -> int:
     """How many records `dataset` holds, the undecodable ones included."""
     parts = _platform_parts(dataset)
     if parts is not None:
-        return int(parts[0].batch(LABEL_BATCH).reduce(
-            np.int64(0), lambda count, batch: count + tf.shape(batch, out_type=tf.int64)[0]))
+        # Batches of raw records counted in Python: no function to trace (a reduce's took
+        # longer than the count).
+        return sum(len(batch) for batch in parts[0].batch(LABEL_BATCH))
     # Element by element: an element that fails still counts, and the pass goes on after it.
     iterator, count = iter(with_map_fusion(dataset.map(lambda *element: 0))), 0
     while True:

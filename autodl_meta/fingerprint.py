@@ -24,13 +24,15 @@ FINGERPRINT_BATCH = 64
 
 
 def read_fingerprint_batch(dataset: tf.data.Dataset, count: int = FINGERPRINT_BATCH,
-                           positions: np.ndarray | None = None) -> torch.Tensor:
+                           positions: np.ndarray | None = None, direct: bool | None = None
+                           ) -> torch.Tensor:
     """The examples of `dataset` at `positions` (the first `count` when None; the known
     datasets are stored shuffled) as uint8 `[n, 1, channel, res, res]`; records that cannot be
-    decoded are left out."""
+    decoded are left out. `direct`: as for `RecordReader` (a check already made)."""
     if positions is None:
         positions = np.arange(count)
-    decoded = RecordReader(dataset, FINGERPRINT_RESOLUTION, frames=1).decode(positions)
+    decoded = RecordReader(dataset, FINGERPRINT_RESOLUTION, frames=1,
+                           direct=direct).decode(positions)
     return torch.from_numpy(decoded.images)
 
 

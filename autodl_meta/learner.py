@@ -57,6 +57,12 @@ LABEL_PASS_SECONDS = 5.0
 FIRST_READ_SECONDS = 4.0
 EXTRA_READ_COUNT = 1536
 EXTRA_READ_SECONDS = 0.5
+# Before the head is fitted, the pool is read up to MIN_FIT_PER_CLASS fitting examples per class
+# (for at most HEAD_READ_SECONDS): with many classes the first chunk holds 2-4 of each, and a
+# head (then the network started from it) fitted on 2 examples of each of 242 classes stayed
+# behind for the whole run. Not in the first call: the first prediction would wait for it.
+MIN_FIT_PER_CLASS = 8
+HEAD_READ_SECONDS = 2.0
 READ_SHARE = 0.3             # of a fine-tuning slice, for decoding more training examples
 DEFAULT_TIME_BUDGET = 1200.0
 # Set to 0 (or off/false/no) to skip the dataset selection and run the generalist config.
@@ -214,7 +220,8 @@ class Learner:
         try:
             if self.test_set is None:
                 with self.ledger.timed("read_test"):
-                    self.test_set = TestSet(dataset, self.resolution, self.frames)
+                    self.test_set = TestSet(dataset, self.resolution, self.frames,
+                                            direct=self._direct_decode())
                 self._count_undecodable("test", len(self.test_set.failed))
             if self.blend.version != self.predicted_version and self.blend.candidates:
                 self.last_prediction = self._predict()
@@ -305,7 +312,7 @@ class Learner:
         with self.ledger.timed("read_train"):
             self.data.read(count=len(self.plan.validation) + FIRST_CHUNK,
                            seconds=self._cap(FIRST_READ_SECONDS))
-            if time.monotonic() - began < EXTRA_READ_SECONDS:
+            if time.monotonic() - began < EXTRA_READ_SECONDS and not self.data.exhausted:
                 self.data.read(count=EXTRA_READ_COUNT, seconds=EXTRA_READ_SECONDS)
         self._count_undecodable("train", self.data.undecodable)
         pool = self.data.pool
@@ -349,7 +356,8 @@ class Learner:
                 # takes the first ones instead.
                 positions = (self.plan.sample(FINGERPRINT_BATCH, self.seed) if reader.indexed
                              else np.arange(min(FINGERPRINT_BATCH, len(self.plan.labels))))
-                images = read_fingerprint_batch(reader.dataset, positions=positions)
+                images = read_fingerprint_batch(reader.dataset, positions=positions,
+                                                direct=reader.direct)
                 name, confidence = self.meta.selector.select(
                     self.fingerprinter.fingerprints(images))
         except Exception as err:  # noqa: BLE001 - the generalist is always a safe answer
@@ -386,6 +394,7 @@ class Learner:
             self.head = HeadStage(self.trainer, self.seed)
             refine = self._refine if self.use_gnn else None
             self.fine_tune = FineTuneStage(self.trainer, refine)
+        self._read_for_head()
         pool = self.data.pool
         with self.ledger.timed("fit"):
             candidate = self.head.fit(pool, seconds=HEAD_SHARE * self.policy.remaining())
@@ -399,6 +408,16 @@ class Learner:
         logger.info("head fitted on %d frozen examples at %.1f s (validation NAUC %.4f, blend "
                     "%s)", self.head.examples, self.policy.elapsed(),
                     _own_score(pool, candidate), "takes it" if accepted else "keeps its models")
+
+    def _read_for_head(self) -> None:
+        """Decode up to MIN_FIT_PER_CLASS fitting examples per class (see the constant)."""
+        wanted = MIN_FIT_PER_CLASS * max(1, self.plan.classes_present)
+        missing = wanted - len(self.data.pool.fit_rows())
+        if missing <= 0 or self.data.exhausted:
+            return
+        with self.ledger.timed("read_train"):
+            self.data.read(count=missing, seconds=self._cap(HEAD_READ_SECONDS))
+        self._count_undecodable("train", self.data.undecodable)
 
     def _refine_head_scores(self, candidate: Candidate) -> None:
         """The head's test scores through the transductive step as well."""
@@ -497,6 +516,10 @@ class Learner:
                 not np.isfinite(prediction).all():
             raise ValueError(f"bad prediction of shape {prediction.shape}")
         return prediction
+
+    def _direct_decode(self) -> bool | None:
+        """The training set's decode check, for the test set (None: none made)."""
+        return self.data.reader.direct if self.data is not None else None
 
     def _prior(self) -> np.ndarray:
         """Class frequencies of the training examples read: the scores of an unseen example."""

@@ -15,6 +15,11 @@ from torch import nn
 SIDE = 16
 L2 = 1e-3
 LBFGS_STEPS = 60
+# The pixel model stops early: at 10-20 steps its validation NAUC was as good as at 60 on
+# caltech101, omniglot, cifar10 and pacs_photo (less fitting is more regularisation on pixels),
+# in a third to a quarter of the time (0.9 s at 60 steps on 101 classes).
+PIXEL_LBFGS_STEPS = 20
+FEATURE_CHUNK = 512
 
 
 def fit_linear(layer: nn.Module, features: torch.Tensor, targets: torch.Tensor,
@@ -37,8 +42,15 @@ def fit_linear(layer: nn.Module, features: torch.Tensor, targets: torch.Tensor,
 
 def pixel_features(images: torch.Tensor) -> torch.Tensor:
     """uint8 `[n, frames, channel, h, w]` to floats `[n, channel * 16 * 16]`."""
-    clips = images.float().mean(1) / 255.0
-    return F.adaptive_avg_pool2d(clips, SIDE).flatten(1)
+    pooled = []
+    # A chunk at a time: converting the whole set to floats at once took 3-5 times as long.
+    for start in range(0, len(images), FEATURE_CHUNK):
+        chunk = images[start:start + FEATURE_CHUNK]
+        clips = chunk[:, 0].float() if chunk.shape[1] == 1 else chunk.float().mean(1)
+        pooled.append(F.adaptive_avg_pool2d(clips, SIDE).flatten(1))
+    if not pooled:
+        return torch.zeros(0, images.shape[2] * SIDE * SIDE)
+    return torch.cat(pooled) / 255.0
 
 
 class PixelLogistic:
@@ -57,10 +69,11 @@ class PixelLogistic:
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
         if multilabel:
-            fit_linear(self.linear, (x - self.mean) / self.std, labels, nn.BCEWithLogitsLoss())
+            fit_linear(self.linear, (x - self.mean) / self.std, labels, nn.BCEWithLogitsLoss(),
+                       steps=PIXEL_LBFGS_STEPS)
         else:
             fit_linear(self.linear, (x - self.mean) / self.std, labels.argmax(1),
-                       nn.CrossEntropyLoss())
+                       nn.CrossEntropyLoss(), steps=PIXEL_LBFGS_STEPS)
         return self
 
     @torch.no_grad()

@@ -4,6 +4,8 @@
 
 For each prepared dataset, timed in one process (so the figures compare within a row):
 - `decode all`: every record through the platform's own dataset and the runtime's resize;
+- `decode all, direct`: every record decoded by the runtime's reader itself (the chosen
+  frames straight to uint8, `RecordReader.direct`; the platform's parse when it cannot);
 - `labels (platform)`: the labels only, through the platform's dataset (tf.data drops the
   decode when only the labels are used; its parallel record reads remain);
 - `labels (indexed)`: the runtime's label pass (`RecordReader.read_labels`: the raw records,
@@ -34,7 +36,8 @@ from offline.tables import markdown_row, markdown_table
 
 RESOLUTION = 32
 PICKED = 64
-COLUMNS = ("dataset", "records", "classes", "decode all (s)", "labels, platform (s)",
+COLUMNS = ("dataset", "records", "classes", "decode all (s)", "decode all, direct (s)",
+           "labels, platform (s)",
            "labels, indexed (s)", "64 picked (s)", "classes in first 768 read",
            "classes in first chunk")
 
@@ -48,8 +51,10 @@ def _timed(work) -> tuple[float, Any]:
 def measure(dataset_dir: Path) -> dict[str, Any]:
     name = dataset_dir.name
     subset = AutoDLDataset(dataset_dir / f"{name}.data" / "train")
-    decode_all, decoded = _timed(lambda: RecordReader(subset.get_dataset(), RESOLUTION,
-                                                      1).decode())
+    decode_all, decoded = _timed(lambda: RecordReader(subset.get_dataset(), RESOLUTION, 1,
+                                                      direct=False).decode())
+    direct_reader = RecordReader(subset.get_dataset(), RESOLUTION, 1)
+    decode_direct, decoded_direct = _timed(direct_reader.decode)
     labels_platform, _ = _timed(lambda: sum(
         len(batch) for batch in with_map_fusion(subset.get_dataset().map(
             lambda example, labels: labels).batch(4096))))
@@ -62,7 +67,9 @@ def measure(dataset_dir: Path) -> dict[str, Any]:
     chunk = np.concatenate([plan.validation, plan.order[:FIRST_CHUNK]])
     return {"dataset": name, "records": len(labels), "classes": len(present),
             "indexed": reader.indexed, "decode_all_seconds": round(decode_all, 3),
-            "decoded": len(decoded.positions),
+            "decoded": len(decoded.positions), "direct": direct_reader.direct,
+            "decode_direct_seconds": round(decode_direct, 3),
+            "decoded_direct": len(decoded_direct.positions),
             "labels_platform_seconds": round(labels_platform, 3),
             "labels_indexed_seconds": round(labels_indexed, 3),
             "picked_seconds": round(picked, 3),
@@ -72,7 +79,9 @@ def measure(dataset_dir: Path) -> dict[str, Any]:
 
 
 def cells(row: dict[str, Any]) -> list[object]:
+    direct = f"{row['decode_direct_seconds']:.2f}" + ("" if row["direct"] else " (platform)")
     return [row["dataset"], row["records"], row["classes"], f"{row['decode_all_seconds']:.2f}",
+            direct,
             f"{row['labels_platform_seconds']:.2f}", f"{row['labels_indexed_seconds']:.2f}",
             f"{row['picked_seconds']:.2f}", row["classes_in_first_read"],
             row["classes_in_first_chunk"]]
