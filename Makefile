@@ -38,7 +38,7 @@ datasets: $(STAMP)
 
 demo: pretrained $(DATA)/$(DEMO_DATASET)/$(DEMO_DATASET).solution
 	$(PY) -m ingestion_local.run_local_test --dataset_dir $(DATA)/$(DEMO_DATASET) \
-		--code_dir . --time_budget $(DEMO_BUDGET) --result_dir runs/demo
+		--code_dir . --time_budget $(DEMO_BUDGET) --result-dir runs/demo
 
 test: pretrained
 	$(PY) -m pytest -q -rs

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 FIRST_CHUNK = 512       # training examples decoded (after the validation ones) for the first fit
 CHUNK_GROWTH = 2        # each later chunk is this many times the previous one
-SMALL_DATASET = 2048    # training records decoded in one pass from the start
+SMALL_DATASET = 2048    # training records decoded whole, in one pass, by the first read
 
 
 @dataclass
@@ -180,6 +180,10 @@ class TrainingData:
         """Decode the next examples of the plan for about `seconds` (at least one batch) or up
         to `count` examples, or to the end; return how many were added."""
         deadline = None if seconds is None else time.monotonic() + seconds
+        if self.reader.indexed and self._next == 0 and len(self.plan.order) <= SMALL_DATASET:
+            # A small training set's one pass goes in record order: stopped at `count`, it
+            # would hold a few of the classes of a set stored class by class.
+            count = None
         added = 0
         while not self.exhausted and (count is None or added < count):
             if deadline is not None and added and time.monotonic() > deadline:

@@ -3,7 +3,10 @@
 A fingerprint is the pooled feature vector of a frozen ImageNet CNN for one image. Every known
 dataset is one class; a meta-classifier is trained offline on the fingerprints of all of them
 and, at run time, maps a batch of fingerprints of ONE unknown dataset to a belief over the known
-datasets (section 6.1 of the paper, "Approach 1"). Four kinds:
+datasets (section 6.1 of the paper, "Approach 1"). This module holds what a run needs: each
+kind's scoring and its saved arrays, and `load_selector`; the training of each kind is in
+`offline/meta_classifiers.py` (subclasses of these, so the arrays and the standardisation a
+run applies are the ones training wrote). Four kinds:
 
 - `nearest_centroid`: the paper's k-means baseline. k-means centroids per known dataset; each
   sample votes for the dataset owning its nearest centroid; scores are the vote fractions.
@@ -14,17 +17,15 @@ datasets (section 6.1 of the paper, "Approach 1"). Four kinds:
 - `vae_ttest`: a small VAE; the batch's latent means are compared with every known dataset's by
   Welch's t-test per latent dimension; the mean log p-value is the dataset's logit.
 
-All standardise features with the training mean and std. A classifier is saved as one .npz file:
-its arrays plus a JSON string `meta` (kind, names, feature dimension, hyper-parameters, format
-version); `load_selector` validates it and names the file and field at fault.
+All standardise features with the training mean and std. A classifier is saved as one .npz file
+(`offline.meta_classifiers.save_selector`): its arrays plus a JSON string `meta` (kind, names,
+feature dimension, hyper-parameters, format version); `load_selector` validates it and names the
+file and field at fault.
 """
 from __future__ import annotations
 
 import json
-import logging
 import math
-import os
-import time
 import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -33,11 +34,7 @@ from typing import Any, Callable, ClassVar, NamedTuple
 import numpy as np
 import torch
 from scipy import stats
-from sklearn.cluster import KMeans
 from torch import nn
-from torch.nn import functional as F
-
-logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MOMENTS = ("mean", "median", "std", "variance", "skewness", "kurtosis")
@@ -62,10 +59,10 @@ class _Spec(NamedTuple):
 
 @dataclass(eq=False, kw_only=True)
 class MetaClassifier:
-    """Base class: input checks, standardisation, the training loop, saving and restoring.
+    """Base class: parameter checks, standardisation, scoring, the saved arrays.
 
-    Subclasses are dataclasses whose fields are the hyper-parameters; they implement `_fit`
-    (on standardised features) and `_raw_scores` (non-negative, any scale), and describe their
+    Subclasses are dataclasses whose fields are the hyper-parameters; they implement
+    `_raw_scores` (on standardised features; non-negative, any scale), and describe their
     fitted arrays with `_array_spec`, `_get_arrays` and `_set_arrays`.
     """
 
@@ -102,25 +99,7 @@ class MetaClassifier:
         """The hyper-parameters, as the constructor takes them."""
         return {spec.name: getattr(self, spec.name) for spec in fields(self)}
 
-    # -- fitting and scoring ------------------------------------------------------------------
-    def fit(self, features: np.ndarray, dataset_ids: np.ndarray, names: list[str],
-            seed: int = 0) -> "MetaClassifier":
-        """Train on `features` [n, d] of the known datasets; `dataset_ids[i]` indexes `names`."""
-        x, ids = _check_training_data(features, dataset_ids, names)
-        began = time.monotonic()
-        self.names = list(names)
-        self.dim = x.shape[1]
-        self._mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
-        std = x.std(axis=0, dtype=np.float64)
-        self._std = np.where(std < STD_FLOOR, 1.0, std).astype(np.float32)
-        # A private RNG state: seeded results without disturbing the caller's torch RNG.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self._fit(self._standardise(x), ids, np.random.default_rng(seed))
-        logger.info("%s fitted on %d samples of %d datasets (d=%d) in %.1f s", self.kind,
-                    len(x), len(names), self.dim, time.monotonic() - began)
-        return self
-
+    # -- scoring ------------------------------------------------------------------------------
     def scores(self, batch: np.ndarray) -> np.ndarray:
         """The belief over the known datasets (sums to 1) for `batch` [b, d] of one dataset."""
         if not self.names:
@@ -144,26 +123,8 @@ class MetaClassifier:
     def _standardise(self, x: np.ndarray) -> np.ndarray:
         return (np.asarray(x, dtype=np.float32) - self._mean) / self._std
 
-    def _fit(self, z: np.ndarray, ids: np.ndarray, rng: np.random.Generator) -> None:
-        raise NotImplementedError
-
     def _raw_scores(self, z: np.ndarray) -> np.ndarray:
         raise NotImplementedError
-
-    @staticmethod
-    def _optimise(module: nn.Module, loss_at: Callable[[int], torch.Tensor], steps: int,
-                  learning_rate: float) -> float:
-        """Adam on `loss_at(step)` for `steps` steps; returns the last loss."""
-        optimiser = torch.optim.Adam(module.parameters(), lr=learning_rate)
-        module.train()
-        loss = torch.zeros(())
-        for step in range(steps):
-            loss = loss_at(step)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-        module.eval()
-        return float(loss.detach())
 
     # -- persistence --------------------------------------------------------------------------
     def _array_spec(self) -> dict[str, _Spec]:
@@ -188,7 +149,7 @@ class _Mlp(nn.Sequential):
 
 @dataclass(eq=False, kw_only=True)
 class _MlpClassifier(MetaClassifier):
-    """Shared by the two perceptron kinds: the network, its training and its arrays."""
+    """Shared by the two perceptron kinds: the network and its arrays."""
 
     hidden: int = 256
     dropout: float = 0.2
@@ -204,18 +165,6 @@ class _MlpClassifier(MetaClassifier):
 
     def _new_net(self) -> _Mlp:
         return _Mlp(self._input_dim(), self.hidden, len(self.names), self.dropout)
-
-    def _train_net(self, draw: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
-                   steps: int) -> None:
-        """Cross-entropy to the dataset id on the (inputs, ids) that `draw(step)` returns."""
-        self._net = self._new_net()
-
-        def loss_at(step: int) -> torch.Tensor:
-            inputs, targets = draw(step)
-            return F.cross_entropy(self._net(inputs), targets)
-
-        loss = self._optimise(self._net, loss_at, steps, self.learning_rate)
-        logger.debug("%s: last training loss %.4f after %d steps", self.kind, loss, steps)
 
     def _array_spec(self) -> dict[str, _Spec]:
         return {**super()._array_spec(), **_module_spec(_empty(self._new_net))}
@@ -241,19 +190,6 @@ class NearestCentroid(MetaClassifier):
         return [("clusters_per_dataset", 1 <= self.clusters_per_dataset <= 1024),
                 ("n_init", 1 <= self.n_init <= 100),
                 ("max_iter", 1 <= self.max_iter <= 10000)]
-
-    def _fit(self, z: np.ndarray, ids: np.ndarray, rng: np.random.Generator) -> None:
-        centroids, owners = [], []
-        for dataset in range(len(self.names)):
-            samples = z[ids == dataset]
-            # More clusters than distinct points would only duplicate centroids (and warn).
-            count = min(self.clusters_per_dataset, len(np.unique(samples, axis=0)))
-            kmeans = KMeans(n_clusters=count, n_init=self.n_init, max_iter=self.max_iter,
-                            random_state=int(rng.integers(2**31 - 1))).fit(samples)
-            centroids.append(kmeans.cluster_centers_.astype(np.float32))
-            owners.append(np.full(count, dataset, dtype=np.int64))
-        self._centroids = np.concatenate(centroids)
-        self._owners = np.concatenate(owners)
 
     def _raw_scores(self, z: np.ndarray) -> np.ndarray:
         # Squared distances up to the per-sample constant |z|^2, which does not change argmin.
@@ -287,11 +223,6 @@ class MlpVote(_MlpClassifier):
     def _param_checks(self) -> list[tuple[str, bool]]:
         return [*super()._param_checks(), ("epochs", 1 <= self.epochs <= 10000),
                 ("batch_size", 1 <= self.batch_size <= 65536)]
-
-    def _fit(self, z: np.ndarray, ids: np.ndarray, rng: np.random.Generator) -> None:
-        order = _balanced_batches(ids, len(self.names), self.epochs, self.batch_size, rng)
-        inputs, targets = torch.from_numpy(z), torch.from_numpy(ids)
-        self._train_net(lambda step: (inputs[order[step]], targets[order[step]]), len(order))
 
     def _raw_scores(self, z: np.ndarray) -> np.ndarray:
         votes = self._net(torch.from_numpy(z)).argmax(dim=1).numpy()
@@ -328,33 +259,6 @@ class MomentsMlp(_MlpClassifier):
 
     def _input_dim(self) -> int:
         return len(self.moments) * self.dim
-
-    def _fit(self, z: np.ndarray, ids: np.ndarray, rng: np.random.Generator) -> None:
-        per_dataset = [z[ids == k] for k in range(len(self.names))]
-
-        def draw(size: int) -> tuple[np.ndarray, np.ndarray]:
-            rows, targets = [], []
-            for k, samples in enumerate(per_dataset):
-                b = min(size, len(samples))
-                count = max(1, self.samples_per_step // b)
-                # The b smallest of uniform keys: a random subset, no sample twice in a batch.
-                keys = rng.random((count, len(samples)))
-                chosen = np.argpartition(keys, b - 1, axis=1)[:, :b]
-                rows.append(batch_moments(samples[chosen], self.trim, self.moments))
-                targets.append(np.full(count, k))
-            return np.concatenate(rows), np.concatenate(targets)
-
-        calibration = np.concatenate([draw(size)[0] for size in self.train_batch_sizes])
-        self._moment_mean = calibration.mean(axis=0)
-        std = calibration.std(axis=0)
-        self._moment_std = np.where(std < STD_FLOOR, 1.0, std).astype(np.float32)
-        sizes = rng.choice(self.train_batch_sizes, size=self.steps)
-
-        def standardised_draw(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-            inputs, targets = draw(int(sizes[step]))
-            return torch.from_numpy(self._standardise_moments(inputs)), torch.from_numpy(targets)
-
-        self._train_net(standardised_draw, self.steps)
 
     def _standardise_moments(self, vectors: np.ndarray) -> np.ndarray:
         return (vectors - self._moment_mean) / self._moment_std
@@ -427,13 +331,6 @@ class _Vae(nn.Module):
         mean, log_var = self.encoder(x).chunk(2, dim=1)
         return mean, log_var.clamp(-10.0, 10.0)
 
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Negative ELBO per sample: Gaussian (squared error) reconstruction plus KL."""
-        mean, log_var = self.encode(x)
-        latent = mean + torch.randn_like(mean) * (0.5 * log_var).exp()
-        reconstruction = 0.5 * (self.decoder(latent) - x).pow(2).sum(dim=1)
-        kl = 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).sum(dim=1)
-        return (reconstruction + kl).mean()
 
 
 @dataclass(eq=False, kw_only=True)
@@ -460,23 +357,6 @@ class VaeTTest(MetaClassifier):
 
     def _new_vae(self) -> _Vae:
         return _Vae(self.dim, self.hidden, self.latent)
-
-    def _fit(self, z: np.ndarray, ids: np.ndarray, rng: np.random.Generator) -> None:
-        # Balanced too, so that the latent space also separates the small datasets.
-        order = _balanced_batches(ids, len(self.names), self.epochs, self.batch_size, rng)
-        inputs = torch.from_numpy(z)
-        self._vae = self._new_vae()
-        loss = self._optimise(self._vae, lambda step: self._vae.loss(inputs[order[step]]),
-                              len(order), self.learning_rate)
-        logger.debug("vae_ttest: last training loss %.4f after %d steps", loss, len(order))
-        with torch.no_grad():
-            codes = self._vae.encode(inputs)[0].double().numpy()
-        groups = [codes[ids == k] for k in range(len(self.names))]
-        self._latent_mean = np.stack([group.mean(axis=0) for group in groups])
-        # One sample has no spread: its variance is 0, then floored like constant latents.
-        self._latent_var = np.maximum(np.stack([group.var(axis=0, ddof=min(1, len(group) - 1))
-                                                for group in groups]), LATENT_VAR_FLOOR)
-        self._counts = np.array([len(group) for group in groups], dtype=np.int64)
 
     def _raw_scores(self, z: np.ndarray) -> np.ndarray:
         codes = self._vae.encode(torch.from_numpy(z))[0].double().numpy()
@@ -522,30 +402,6 @@ KINDS: dict[str, type[MetaClassifier]] = {
     cls.kind: cls for cls in (NearestCentroid, MlpVote, MomentsMlp, VaeTTest)}
 
 
-def build(kind: str, **params: Any) -> MetaClassifier:
-    """An unfitted meta-classifier of `kind` with the given hyper-parameters."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown meta-classifier kind {kind!r}; known kinds: {sorted(KINDS)}")
-    known = {spec.name for spec in fields(KINDS[kind])}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise ValueError(f"{kind}: unknown parameter(s) {unknown}; known: {sorted(known)}")
-    return KINDS[kind](**params)
-
-
-def save_selector(classifier: MetaClassifier, path: Path | str) -> None:
-    """Write a fitted classifier to one .npz file (atomically: readers never see half a file)."""
-    if not classifier.names:
-        raise ValueError(f"{classifier.kind}: cannot save an unfitted classifier")
-    path = Path(path)
-    meta = {"format_version": FORMAT_VERSION, "kind": classifier.kind,
-            "names": classifier.names, "dim": classifier.dim, "params": classifier.params}
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as handle:
-        np.savez(handle, meta=np.array(json.dumps(meta)), **classifier._get_arrays())
-    os.replace(partial, path)
-
-
 def load_selector(path: Path | str) -> MetaClassifier:
     """Read and validate a file written by `save_selector`."""
     path = Path(path)
@@ -571,43 +427,6 @@ def load_selector(path: Path | str) -> MetaClassifier:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _check_training_data(features: np.ndarray, dataset_ids: np.ndarray,
-                         names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(features)
-    ids = np.asarray(dataset_ids)
-    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
-        raise ValueError(f"features must have shape [n, d], got {list(x.shape)}")
-    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
-        raise ValueError("features must be finite numbers")
-    if ids.shape != (len(x),) or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"dataset_ids must be integers of shape [{len(x)}], got "
-                         f"{ids.dtype} {list(ids.shape)}")
-    if len(names) < 2 or len(set(names)) != len(names) \
-            or not all(isinstance(name, str) for name in names):
-        raise ValueError(f"names must be at least 2 distinct strings, got {names!r}")
-    if ids.min() < 0 or ids.max() >= len(names):
-        raise ValueError(f"dataset_ids must lie in 0..{len(names) - 1}")
-    empty = [names[i] for i in np.flatnonzero(np.bincount(ids, minlength=len(names)) == 0)]
-    if empty:
-        raise ValueError(f"no samples for dataset(s) {empty}")
-    return x.astype(np.float32), ids.astype(np.int64)
-
-
-def _balanced_batches(ids: np.ndarray, n_datasets: int, epochs: int, batch_size: int,
-                      rng: np.random.Generator) -> torch.Tensor:
-    """Sample indices [steps, batch_size] for `epochs` times len(ids) samples: each a uniform
-    dataset, then a uniform sample of it. Known datasets differ in size by orders of magnitude;
-    this keeps the small ones heard.
-    """
-    steps = max(1, math.ceil(epochs * len(ids) / batch_size))
-    order = np.argsort(ids, kind="stable")
-    counts = np.bincount(ids, minlength=n_datasets)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    datasets = rng.integers(n_datasets, size=(steps, batch_size))
-    within = (rng.random((steps, batch_size)) * counts[datasets]).astype(np.int64)
-    return torch.from_numpy(order[starts[datasets] + within])
-
-
 def _empty(new: Callable[[], nn.Module]) -> nn.Module:
     """A module with shapes but no values, to load into: loading then neither spends time on
     initialisation nor draws from (and so shifts) the caller's torch random generator."""

@@ -4,7 +4,7 @@
 
 1. Read `D/<name>.data/{train,test}`, checking every record (outside the budget).
 2. Build `Model(train_metadata)` from `C/model.py`: outside the budget and capped at
-   `--init_time_limit` seconds (20 min), or inside it with `--charge_init_to_budget` (the
+   `--init-time-limit` seconds (20 min), or inside it with `--charge-init-to-budget` (the
    AutoCV-era rule).
 3. Write `start.txt`, then loop: `train`, `test`, check the prediction's shape, append
    `<i>: <timestamp>` to start.txt, write `<task>.predict_<i>` atomically; stop on
@@ -271,10 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the outputs are copied here at the end (platform argument)")
     parser.add_argument("--time_budget", type=float, default=DEFAULT_TIME_BUDGET,
                         help="seconds for train/test calls (default: %(default)s)")
-    parser.add_argument("--init_time_limit", type=float, default=DEFAULT_INIT_TIME_LIMIT,
+    # The project's own options: dashes, the underscore spelling accepted too.
+    parser.add_argument("--init-time-limit", "--init_time_limit", type=float,
+                        default=DEFAULT_INIT_TIME_LIMIT,
                         help="cap on the model constructor, outside the budget "
                              "(default: %(default)s)")
-    parser.add_argument("--charge_init_to_budget", action="store_true",
+    parser.add_argument("--charge-init-to-budget", "--charge_init_to_budget",
+                        action="store_true",
                         help="AutoCV-era rule: the constructor runs inside the time budget")
     return parser
 

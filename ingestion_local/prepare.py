@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=__doc__.split("\n\n", 2)[2])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="where the datasets go (default: %(default)s)")
-    parser.add_argument("--shared-dir", type=Path, default=DEFAULT_SHARED,
+    parser.add_argument("--shared-dir", "--shared_dir", type=Path, default=DEFAULT_SHARED,
                         help="folder with datasets/*.tar and raw_samples/ (default: %(default)s; "
                              "env AUTODL_SHARED_DIR)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="prepare only these datasets")

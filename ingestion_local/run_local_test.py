@@ -97,7 +97,7 @@ def run_local_test(dataset_dir: str | Path, code_dir: str | Path, time_budget: f
     scoring = subprocess.Popen(
         [sys.executable, "-m", "scoring_local", f"--solution_dir={dataset_dir}",
          f"--prediction_dir={prediction_dir}", f"--score_dir={score_dir}",
-         f"--start_wait={start_wait}"],
+         f"--start-wait={start_wait}"],
         stdout=logs["scoring"], stderr=subprocess.STDOUT if capture_logs else None)
     # An ingestion that dies before writing start.txt (bad dataset, bad code dir) would leave
     # the scorer waiting for it: stop the scorer then.
@@ -126,8 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder holding model.py (default: the current folder)")
     parser.add_argument("--time_budget", type=float, default=1200.0,
                         help="seconds (default: %(default)s)")
-    parser.add_argument("--result_dir", default=None, help="default: runs/<name>")
-    parser.add_argument("--charge_init_to_budget", action="store_true",
+    # The project's own options: dashes, the underscore spelling accepted too.
+    parser.add_argument("--result-dir", "--result_dir", default=None,
+                        help="default: runs/<name>")
+    parser.add_argument("--charge-init-to-budget", "--charge_init_to_budget",
+                        action="store_true",
                         help="AutoCV-era rule: the model constructor runs inside the budget")
     return parser
 
@@ -135,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    extra = ["--charge_init_to_budget"] if args.charge_init_to_budget else []
+    extra = ["--charge-init-to-budget"] if args.charge_init_to_budget else []
     try:
         result = run_local_test(args.dataset_dir, args.code_dir, args.time_budget,
                                 args.result_dir, extra)

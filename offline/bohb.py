@@ -37,7 +37,7 @@ from autodl_meta.backbones import available_backbones
 from autodl_meta.config import (AUGMENTATIONS, BATCH_SIZES, EMBEDDING_LOSSES, LOSSES, OPTIMIZERS,
                                 TrainConfig)
 from offline.cli import (add_run_arguments, add_store_arguments, check_run_arguments,
-                         command_parser, setup_logging)
+                         command_parser, setup_logging, shipped_budget)
 from offline.cluster import dask_client, run_all, threads_per_task
 from offline.evaluate import Evaluation, evaluate_task
 from offline.store import Incumbent, ResultStore
@@ -183,10 +183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="backbones to search (default: every one with weights)")
     add_store_arguments(parser)
     parser.add_argument("--trials", type=int, default=13, help="trials per (dataset, backbone)")
-    parser.add_argument("--min-budget", type=float, default=20.0,
-                        help="smallest time budget of a trial, seconds")
-    parser.add_argument("--max-budget", type=float, default=180.0,
-                        help="largest time budget of a trial, seconds (the ALC's T)")
+    parser.add_argument("--min-budget", type=float, default=shipped_budget() / 3,
+                        help="smallest time budget of a trial, seconds; by default a third "
+                             "of metadata/'s tuned_budget")
+    parser.add_argument("--max-budget", type=float, default=shipped_budget(),
+                        help="largest time budget of a trial, seconds (the ALC's T); by "
+                             "default metadata/'s tuned_budget")
     parser.add_argument("--resolutions", type=int, nargs="+", default=list(RESOLUTIONS))
     parser.add_argument("--search-techniques", action="store_true",
                         help="also search the loss (cross-entropy/cosine), the embedding loss "

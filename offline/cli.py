@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
+from autodl_meta.metadata import METADATA_DIR
 from ingestion_local.prepare import DEFAULT_OUT
 from offline.evaluate import TIME_MODES
 from offline.store import DEFAULT_STORE
@@ -21,6 +23,25 @@ def command_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     first, _, rest = doc.strip().partition("\n\n")
     return argparse.ArgumentParser(prog=prog, description=first, epilog=rest or None,
                                    formatter_class=_HelpFormatter)
+
+
+# The cross-evaluation budget when metadata/configs.json cannot say which it was tuned at.
+FALLBACK_BUDGET = 30.0
+
+
+def shipped_budget(metadata_dir: Path = METADATA_DIR) -> float:
+    """The time budget the shipped metadata/ was tuned at (its `tuned_budget`): the default of
+    the commands that regenerate it, so that running them again needs no --budget."""
+    try:
+        return float(json.loads((metadata_dir / "configs.json").read_text())["tuned_budget"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return FALLBACK_BUDGET
+
+
+def add_budget_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """`--budget`, the cross-evaluation budget, defaulting to the shipped metadata's."""
+    parser.add_argument("--budget", type=float, default=shipped_budget(),
+                        help=f"{help}, seconds; by default metadata/'s tuned_budget")
 
 
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,8 +18,8 @@ import numpy as np
 from tqdm import tqdm
 
 from autodl_meta.config import GENERALIST, TrainConfig
-from offline.cli import (add_run_arguments, add_store_arguments, check_run_arguments,
-                         command_parser, emit_table, setup_logging)
+from offline.cli import (add_budget_argument, add_run_arguments, add_store_arguments,
+                         check_run_arguments, command_parser, emit_table, setup_logging)
 from offline.cluster import dask_client, run_all, threads_per_task
 from offline.evaluate import Evaluation, evaluate_task
 from offline.store import ResultStore
@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", default=None,
                         help="datasets to evaluate on (default: those with an incumbent)")
     add_store_arguments(parser)
-    parser.add_argument("--budget", type=float, default=180.0, help="time budget T, seconds")
+    add_budget_argument(parser, "time budget T of every run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     add_run_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="also write the matrix here")

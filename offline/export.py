@@ -27,7 +27,7 @@ from autodl_meta.metadata import (CONFIGS_FILE, METADATA_DIR, PROVENANCE_FILE, S
 from offline.crosseval import alc_matrix, best_configs, candidate_configs
 from offline.selector import REPORT_FILE
 from offline.store import DEFAULT_STORE, REPO_ROOT, ResultStore
-from offline.cli import command_parser, setup_logging
+from offline.cli import add_budget_argument, command_parser, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +79,7 @@ def export(store_path: Path, out: Path, budget: float, seed: int, commands: list
 def main(argv: Sequence[str] | None = None) -> int:
     parser = command_parser("python -m offline export", __doc__)
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE)
-    parser.add_argument("--budget", type=float, default=180.0,
-                        help="the cross-evaluation budget the generalist is chosen at")
+    add_budget_argument(parser, "the cross-evaluation budget the generalist is chosen at")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=METADATA_DIR)
     parser.add_argument("--commands", nargs="*", default=[],

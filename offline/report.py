@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from autodl_meta.fingerprint import FINGERPRINT_BATCH
-from offline.cli import command_parser, setup_logging
+from offline.cli import add_budget_argument, command_parser, setup_logging
 from offline.crosseval import GENERALIST_NAME, alc_matrix, candidate_configs, markdown_matrix
 from offline.selector import REPORT_FILE, HeldOut
 from offline.store import DEFAULT_STORE, REPO_ROOT, Incumbent, ResultStore
@@ -389,9 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = command_parser("python -m offline report", __doc__)
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE,
                         help="the result store")
-    parser.add_argument("--budget", type=float, default=180.0,
-                        help="budget of the cross-evaluation matrix, seconds "
-                             "(default: %(default)s)")
+    add_budget_argument(parser, "budget of the cross-evaluation matrix")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="seeds the cross-evaluation ALCs are averaged over "
                              "(default: %(default)s)")

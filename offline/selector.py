@@ -31,9 +31,11 @@ import numpy as np
 from tqdm import tqdm
 
 from autodl_meta.fingerprint import FINGERPRINT_BATCH, Fingerprinter, read_fingerprint_batch
-from autodl_meta.selector import MetaClassifier, build, save_selector
+from autodl_meta.selector import MetaClassifier
+from offline.meta_classifiers import build, save_selector
 from ingestion_local import AutoDLDataset
-from offline.cli import add_store_arguments, command_parser, setup_logging
+from offline.cli import (add_budget_argument, add_store_arguments, command_parser,
+                         setup_logging)
 from offline.crosseval import GENERALIST_NAME, alc_matrix, best_configs, candidate_configs
 from offline.evaluate import dataset_paths
 from offline.store import ResultStore
@@ -164,8 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", default=None,
                         help="known datasets (default: those with an incumbent in the store)")
     add_store_arguments(parser)
-    parser.add_argument("--budget", type=float, default=180.0,
-                        help="the cross-evaluation budget whose ALCs price the selections")
+    add_budget_argument(parser, "the cross-evaluation budget whose ALCs price the selections")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-samples", type=int, default=1024,
                         help="fingerprinted examples per dataset and split")

@@ -212,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ingestion's output_dir (start.txt, <task>.predict_<i>, end.txt)")
     parser.add_argument("--score_dir", required=True,
                         help="where scores.txt, the learning curve and the HTML go")
-    parser.add_argument("--start_wait", type=float, default=DEFAULT_START_WAIT,
+    # The project's own option: dashes, the underscore spelling accepted too.
+    parser.add_argument("--start-wait", "--start_wait", type=float,
+                        default=DEFAULT_START_WAIT,
                         help="seconds to wait for start.txt (default: %(default)s)")
     return parser
 

@@ -113,7 +113,7 @@ def test_constructor_is_outside_the_budget_or_inside_it_on_request(small_image_d
                                                                     tmp_path):
     model = write_model(tmp_path / "slow", SLOW_INIT_MODEL.format(sleep=3))
     outside, _ = run(small_image_dataset, model, 30, tmp_path / "outside")
-    inside, _ = run(small_image_dataset, model, 30, tmp_path / "inside", "--charge_init_to_budget")
+    inside, _ = run(small_image_dataset, model, 30, tmp_path / "inside", "--charge-init-to-budget")
     first_outside = ast.literal_eval(outside.read("scores.txt")["timestamps"])[0]
     first_inside = ast.literal_eval(inside.read("scores.txt")["timestamps"])[0]
     assert outside.ingestion_success and inside.ingestion_success
@@ -122,7 +122,7 @@ def test_constructor_is_outside_the_budget_or_inside_it_on_request(small_image_d
 
 def test_constructor_time_limit(small_image_dataset, tmp_path):
     model = write_model(tmp_path / "stuck", SLOW_INIT_MODEL.format(sleep=60))
-    result, elapsed = run(small_image_dataset, model, 30, tmp_path, "--init_time_limit=2")
+    result, elapsed = run(small_image_dataset, model, 30, tmp_path, "--init-time-limit=2")
     assert not result.ingestion_success
     assert elapsed < 40
 

@@ -10,7 +10,7 @@ import pytest
 from autodl_meta.config import GENERALIST, TrainConfig
 from autodl_meta.metadata import (MetaData, MetadataError, fingerprint_spec,
                                   read_provenance)
-from autodl_meta.selector import build, save_selector
+from offline.meta_classifiers import build, save_selector
 
 
 @pytest.fixture

@@ -49,14 +49,23 @@ def test_the_direct_decode_gives_the_platform_pixels_and_labels(kind, resolution
     assert difference.max() <= 1 and difference.mean() < 0.05
 
 
-def test_variable_size_real_jpegs_decode_directly(tmp_path):
+@pytest.mark.parametrize("name, direct", [
+    ("miniciao", True),   # the platform's own records: 32 x 32 colour JPEGs
+    ("Monkeys", True),    # variable-size JPEGs
+    ("mini1", False),     # dense floats: no compressed frames to decode
+])
+@pytest.mark.parametrize("subset", ["train", "test"])   # test: the platform erased the labels
+def test_real_platform_records_decode_as_the_platform_does(name, direct, subset):
     from conftest import shared_path
 
-    subset = AutoDLDataset(shared_path("autodl_samples", "Monkeys", "Monkeys.data", "train"))
-    reader, direct, platform = _both_decodes(subset, 48)
-    assert reader.stored_size is None and reader.direct
-    np.testing.assert_array_equal(direct.positions, platform.positions)
-    difference = np.abs(direct.images.astype(int) - platform.images.astype(int))
+    records = AutoDLDataset(shared_path("autodl_samples", name, f"{name}.data", subset))
+    reader, decoded, platform = _both_decodes(records, 48)
+    assert reader.direct == direct
+    if name == "Monkeys":
+        assert reader.stored_size is None
+    np.testing.assert_array_equal(decoded.positions, platform.positions)
+    np.testing.assert_array_equal(decoded.labels, platform.labels)
+    difference = np.abs(decoded.images.astype(int) - platform.images.astype(int))
     assert difference.max() <= 1
 
 
@@ -87,3 +96,17 @@ def test_undecodable_records_are_reported_by_either_decode(tmp_path):
     picked = reader.decode_pass(wanted).read()
     assert set(picked.positions) | set(picked.failed) == set(wanted)
     assert set(picked.failed) == set(wanted) - set(platform.positions)
+
+
+def test_a_test_set_that_trusts_a_wrong_check_loses_no_row():
+    """Told to decode directly records it cannot (dense floats), the test set gets every row
+    through the platform's parse."""
+    from autodl_meta.pool import TestSet
+    from conftest import shared_path
+
+    records = AutoDLDataset(shared_path("autodl_samples", "mini1", "mini1.data", "test"))
+    test_set = TestSet(records.get_dataset(), 32, 1, direct=True)
+    expected = TestSet(records.get_dataset(), 32, 1, direct=False)
+    assert test_set.count == 10 and not len(test_set.failed)
+    np.testing.assert_array_equal(test_set.rows, np.arange(10))
+    np.testing.assert_array_equal(test_set.images.numpy(), expected.images.numpy())

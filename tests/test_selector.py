@@ -1,5 +1,6 @@
-"""The meta-classifiers (autodl_meta/selector.py) on a synthetic problem: five Gaussian blobs
-stand in for the fingerprints of five known datasets."""
+"""The meta-classifiers (scored by autodl_meta/selector.py, trained by
+offline/meta_classifiers.py) on a synthetic problem: five Gaussian blobs stand in for the
+fingerprints of five known datasets."""
 from __future__ import annotations
 
 import io
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from autodl_meta.selector import (KINDS, MOMENTS, MetaClassifier, SelectorError, batch_moments,
-                                  build, load_selector, save_selector)
+                                  load_selector)
+from offline.meta_classifiers import TRAINABLE, build, save_selector
 
 DATASETS = 5
 DIM = 64
@@ -75,6 +77,9 @@ def test_save_and_load_give_identical_scores(fitted, held_out, tmp_path):
     save_selector(fitted, path)
     loaded = load_selector(path)
     assert (loaded.kind, loaded.names, loaded.params) == (fitted.kind, fitted.names, fitted.params)
+    # The run loads the runtime's class, which the trained one extends: one scoring code.
+    assert type(loaded) is KINDS[fitted.kind] and isinstance(fitted, KINDS[fitted.kind])
+    assert sorted(TRAINABLE) == sorted(KINDS)
     features, _ = held_out
     for batch in (features[:1], features[:32]):
         np.testing.assert_array_equal(loaded.scores(batch), fitted.scores(batch))
