@@ -156,6 +156,19 @@ class Decoded:
     positions: np.ndarray     # int64 [n], record positions, increasing
     failed: np.ndarray        # int64, positions asked for that could not be decoded
 
+    @classmethod
+    def concatenated(cls, parts: list[Decoded]) -> Decoded:
+        """The examples of several reads, in the order of `parts`."""
+        return cls(np.concatenate([part.images for part in parts]),
+                   np.concatenate([part.labels for part in parts]),
+                   np.concatenate([part.positions for part in parts]),
+                   np.concatenate([part.failed for part in parts]))
+
+    def in_position_order(self) -> Decoded:
+        order = np.argsort(self.positions, kind="stable")
+        return Decoded(self.images[order], self.labels[order], self.positions[order],
+                       np.sort(self.failed))
+
 
 class DecodePass:
     """One pass over the records that decodes the positions of `wanted` (every position from

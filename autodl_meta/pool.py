@@ -141,10 +141,7 @@ class TrainingPool:
 
     def _stack(self) -> None:
         if len(self._chunks) > 1:
-            self._chunks = [Decoded(np.concatenate([c.images for c in self._chunks]),
-                                    np.concatenate([c.labels for c in self._chunks]),
-                                    np.concatenate([c.positions for c in self._chunks]),
-                                    np.zeros(0, np.int64))]
+            self._chunks = [Decoded.concatenated(self._chunks)]
         self._images = torch.from_numpy(self._chunks[0].images)
         self._labels = torch.from_numpy(self._chunks[0].labels)
 
@@ -171,6 +168,12 @@ class TrainingData:
             self._pass = reader.decode_pass(None)
 
     @property
+    def decoded_whole(self) -> bool:
+        """A small training set: the first pass decodes every record. In record order and
+        stopped at a count, it would hold a few classes of a set stored class by class."""
+        return self.reader.indexed and len(self.plan.order) <= SMALL_DATASET
+
+    @property
     def exhausted(self) -> bool:
         if not self.reader.indexed:
             return self._pass.exhausted
@@ -180,9 +183,7 @@ class TrainingData:
         """Decode the next examples of the plan for about `seconds` (at least one batch) or up
         to `count` examples, or to the end; return how many were added."""
         deadline = None if seconds is None else time.monotonic() + seconds
-        if self.reader.indexed and self._next == 0 and len(self.plan.order) <= SMALL_DATASET:
-            # A small training set's one pass goes in record order: stopped at `count`, it
-            # would hold a few of the classes of a set stored class by class.
+        if self.decoded_whole and self._next == 0:
             count = None
         added = 0
         while not self.exhausted and (count is None or added < count):
@@ -207,8 +208,8 @@ class TrainingData:
     def _next_pass(self) -> DecodePass | None:
         if not self.reader.indexed:
             return None
-        if self._next == 0 and len(self.plan.order) <= SMALL_DATASET:
-            self._next = len(self.plan.order)  # one pass decodes everything
+        if self.decoded_whole and self._next == 0:
+            self._next = len(self.plan.order)
             return self.reader.decode_pass(np.concatenate([self.plan.validation,
                                                            self.plan.order]))
         if self._next < len(self.plan.order):
@@ -239,7 +240,7 @@ class TestSet:
             missing = np.setdiff1d(np.arange(reader.count), decoded.positions)
             retried = RecordReader(dataset, resolution, frames, direct=False).decode(missing)
             if len(retried.positions):
-                decoded = _merged(decoded, retried)
+                decoded = Decoded.concatenated([decoded, retried]).in_position_order()
         self.count = reader.count
         self.images = torch.from_numpy(decoded.images)
         self.rows = decoded.positions       # prediction row of each decoded example
@@ -251,11 +252,3 @@ class TestSet:
         prediction[self.rows] = scores
         return prediction
 
-
-def _merged(first: Decoded, second: Decoded) -> Decoded:
-    """The examples of two reads of one set, in position order."""
-    positions = np.concatenate([first.positions, second.positions])
-    order = np.argsort(positions, kind="stable")
-    return Decoded(np.concatenate([first.images, second.images])[order],
-                   np.concatenate([first.labels, second.labels])[order], positions[order],
-                   np.zeros(0, np.int64))
