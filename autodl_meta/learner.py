@@ -44,7 +44,7 @@ from autodl_meta.pool import FIRST_CHUNK, ReadPlan, TestSet, TrainingData
 from autodl_meta.record import ErrorLog, PredictionEntry, RunRecord, TimeLedger, run_record_path
 from autodl_meta.stages import (HEAD_SHARE, Blend, Candidate, FineTuneStage, HeadStage,
                                 PixelStage)
-from autodl_meta.techniques import refine_with_gcn
+from autodl_meta.techniques import GraphRefinement, graph_nodes
 from autodl_meta.trainer import Trainer, pick_device, usable_cores
 from autodl_meta.validation import nauc
 
@@ -52,22 +52,22 @@ logger = logging.getLogger("autodl_meta")
 
 # The label pass stops after this long (a huge dataset); the rest is decoded in record order.
 LABEL_PASS_SECONDS = 5.0
-# The first chunk (validation + FIRST_CHUNK examples) may take this long; when it took less
-# than EXTRA_READ_SECONDS (small images), up to EXTRA_READ_COUNT more follow for the pixel model.
+# The first chunk (validation + FIRST_CHUNK examples) may take this long.
 FIRST_READ_SECONDS = 4.0
-EXTRA_READ_COUNT = 1536
-EXTRA_READ_SECONDS = 0.5
 # Before the head is fitted, the pool is read up to MIN_FIT_PER_CLASS fitting examples per class
 # (for at most HEAD_READ_SECONDS): with many classes the first chunk holds 2-4 of each, and a
 # head (then the network started from it) fitted on 2 examples of each of 242 classes stayed
-# behind for the whole run. Not in the first call: the first prediction would wait for it.
+# behind for the whole run. When the first chunk took less than CHEAP_READ_SECONDS (small
+# images), at least EXTRA_READ_COUNT more are read then, and the pixel model is fitted again on
+# them. Neither is in the first call: the first prediction would wait for it (0.3-0.5 s).
 MIN_FIT_PER_CLASS = 8
 HEAD_READ_SECONDS = 2.0
+EXTRA_READ_COUNT = 1536
+CHEAP_READ_SECONDS = 0.5
 READ_SHARE = 0.3             # of a fine-tuning slice, for decoding more training examples
 DEFAULT_TIME_BUDGET = 1200.0
 # Set to 0 (or off/false/no) to skip the dataset selection and run the generalist config.
 META_LEARNING_ENV = "AUTODL_META_LEARNING"
-GNN_TRAIN_NODES = 500        # labelled nodes of the transductive graph
 GNN_MAX_SHARE = 0.1          # of the time budget one refinement may take
 MAX_FAILURES = 2             # consecutive failures of a phase before it is given up
 VALIDATION_SLICE_FACTOR = 4  # a slice trains at least this many times its validation pass
@@ -92,13 +92,6 @@ NEXT_PHASE = {Phase.READ: Phase.DONE, Phase.PIXEL: Phase.HEAD, Phase.HEAD: Phase
 def meta_learning_enabled() -> bool:
     return os.environ.get(META_LEARNING_ENV, "1").strip().lower() not in ("0", "off", "false",
                                                                            "no")
-
-
-def graph_nodes(train: torch.Tensor, seed: int) -> torch.Tensor:
-    """Up to GNN_TRAIN_NODES of the training positions `train`, the labelled nodes of the
-    transductive GCN's graph."""
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-    return train[order[:GNN_TRAIN_NODES]]
 
 
 def effective_resolution(metadata, cap: int) -> int:
@@ -152,6 +145,7 @@ class Learner:
         self.data: TrainingData | None = None
         self.test_set: TestSet | None = None
         self.multilabel = False
+        self.cheap_decoding = False  # the first chunk took under CHEAP_READ_SECONDS
         # Built by the second train() call: the first prediction (the pixel model's) does not
         # wait for the backbone.
         self.trainer: Trainer | None = None
@@ -168,8 +162,7 @@ class Learner:
         self.test_seconds = 0.0
         self.review_seconds = 0.0   # validating and weighing the last network state
         self.use_gnn = self.config.transductive_gnn
-        self.gnn_train_nodes = torch.empty(0, dtype=torch.long)
-        self.gnn_train_features: torch.Tensor | None = None
+        self.refinement: GraphRefinement | None = None  # the transductive step, when used
         self.pace_checked = False
         # What a technique could not do as configured (too slow, unsuitable data): logged and
         # kept, so that a benchmark can report it beside the score.
@@ -220,8 +213,8 @@ class Learner:
         try:
             if self.test_set is None:
                 with self.ledger.timed("read_test"):
-                    self.test_set = TestSet(dataset, self.resolution, self.frames,
-                                            direct=self._direct_decode())
+                    self.test_set = TestSet.decode(dataset, self.resolution, self.frames,
+                                                   direct=self._direct_decode())
                 self._count_undecodable("test", len(self.test_set.failed))
             if self.blend.version != self.predicted_version and self.blend.candidates:
                 self.last_prediction = self._predict()
@@ -312,8 +305,7 @@ class Learner:
         with self.ledger.timed("read_train"):
             self.data.read(count=len(self.plan.validation) + FIRST_CHUNK,
                            seconds=self._cap(FIRST_READ_SECONDS))
-            if time.monotonic() - began < EXTRA_READ_SECONDS and not self.data.exhausted:
-                self.data.read(count=EXTRA_READ_COUNT, seconds=EXTRA_READ_SECONDS)
+        self.cheap_decoding = time.monotonic() - began < CHEAP_READ_SECONDS
         self._count_undecodable("train", self.data.undecodable)
         pool = self.data.pool
         self.record.dataset["first_read"] = {
@@ -391,15 +383,19 @@ class Learner:
         if self.trainer is None:  # kept when a failed head fit is tried again
             self.trainer = Trainer(self.config, self.output_dim, self.in_channels,
                                    self.multilabel, device=self.device, seed=self.seed)
-            self.head = HeadStage(self.trainer, self.seed)
-            refine = self._refine if self.use_gnn else None
+            refine = None
+            if self.use_gnn:
+                self.refinement = GraphRefinement(self.trainer.features, self.multilabel,
+                                                  self.seed)
+                refine = self._refine
+            self.head = HeadStage(self.trainer, self.seed, refine)
             self.fine_tune = FineTuneStage(self.trainer, refine)
-        self._read_for_head()
+        if self._read_for_head() and self.pixel.model is not None:
+            self._fit_pixel()
         pool = self.data.pool
+        self._place_graph_nodes()
         with self.ledger.timed("fit"):
             candidate = self.head.fit(pool, seconds=HEAD_SHARE * self.policy.remaining())
-        if self.use_gnn:
-            self._refine_head_scores(candidate)
         self.head_candidate = candidate
         accepted = self._consider(candidate)
         # A network prediction costs a feature pass per TTA view: expect it from now on.
@@ -409,25 +405,19 @@ class Learner:
                     "%s)", self.head.examples, self.policy.elapsed(),
                     _own_score(pool, candidate), "takes it" if accepted else "keeps its models")
 
-    def _read_for_head(self) -> None:
-        """Decode up to MIN_FIT_PER_CLASS fitting examples per class (see the constant)."""
-        wanted = MIN_FIT_PER_CLASS * max(1, self.plan.classes_present)
-        missing = wanted - len(self.data.pool.fit_rows())
+    def _read_for_head(self) -> bool:
+        """Decode up to MIN_FIT_PER_CLASS fitting examples per class, and EXTRA_READ_COUNT
+        more when decoding is cheap (see the constants); return whether the pool grew."""
+        fitting = len(self.data.pool.fit_rows())
+        missing = MIN_FIT_PER_CLASS * max(1, self.plan.classes_present) - fitting
+        if self.cheap_decoding:
+            missing = max(missing, EXTRA_READ_COUNT)
         if missing <= 0 or self.data.exhausted:
-            return
+            return False
         with self.ledger.timed("read_train"):
             self.data.read(count=missing, seconds=self._cap(HEAD_READ_SECONDS))
         self._count_undecodable("train", self.data.undecodable)
-
-    def _refine_head_scores(self, candidate: Candidate) -> None:
-        """The head's test scores through the transductive step as well."""
-        score_test = candidate.score_test
-
-        def refined(test: TestSet) -> np.ndarray:
-            features = self.trainer.features(test.images)
-            return self._refine(self.trainer.predict_from_features(features), features)
-
-        candidate.score_test = refined if score_test is not None else None
+        return len(self.data.pool.fit_rows()) > fitting
 
     def _fine_tune(self) -> None:
         slice_seconds = self.policy.next_slice(self.test_seconds)
@@ -455,8 +445,7 @@ class Learner:
             steps = self.fine_tune.train(pool, max(slice_seconds - (time.monotonic() - began),
                                                    0.5))
         self.blend.drop_untestable()
-        self.gnn_train_features = None  # the network moved: the graph is embedded again
-        self.gnn_train_nodes = graph_nodes(pool.fit_rows(), self.seed)
+        self._place_graph_nodes()  # the pool grew and the network moved: embedded anew
         self._check_embedding_pace()
         reviewed = time.monotonic()
         with self.ledger.timed("validate"):
@@ -542,26 +531,26 @@ class Learner:
         return self.test_set.count if self.test_set is not None else 0
 
     def _refine(self, prediction: np.ndarray, test_features: torch.Tensor) -> np.ndarray:
-        """The transductive step: average `prediction` with a GCN's scores over the current
-        embeddings of labelled training and unlabelled test examples."""
+        """The transductive step (`GraphRefinement`), switched off for the rest of the run
+        once it takes more than GNN_MAX_SHARE of the budget."""
         if not self.use_gnn:
             return prediction
-        began = time.monotonic()
-        pool = self.data.pool
-        if not len(self.gnn_train_nodes):
-            self.gnn_train_nodes = graph_nodes(pool.fit_rows(), self.seed)
-        if self.gnn_train_features is None:
-            self.gnn_train_features = self.trainer.features(pool.images[self.gnn_train_nodes])
-        refined = refine_with_gcn(prediction, self.gnn_train_features,
-                                  pool.labels[self.gnn_train_nodes], test_features,
-                                  self.multilabel, self.seed)
-        seconds = time.monotonic() - began
+        refined = self.refinement(prediction, test_features)
+        seconds = self.refinement.last_seconds
         if seconds > GNN_MAX_SHARE * self.policy.time_budget:
             self.use_gnn = False
             self._note(f"transductive_gnn took {seconds:.1f} s, more than "
                        f"{GNN_MAX_SHARE:.0%} of the {self.policy.time_budget:.0f}-s budget: "
                        f"switched off for the rest of the run")
         return refined
+
+    def _place_graph_nodes(self) -> None:
+        """The graph's labelled nodes: a sample of the fitting rows as they are now."""
+        if self.refinement is None:
+            return
+        pool = self.data.pool
+        nodes = graph_nodes(pool.fit_rows(), self.seed)
+        self.refinement.use_nodes(pool.images[nodes], pool.labels[nodes])
 
     # -- the run record -----------------------------------------------------------------------
     def _count_undecodable(self, subset: str, count: int) -> None:

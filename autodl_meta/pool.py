@@ -84,6 +84,14 @@ class TrainingPool:
         # streams the records would otherwise change the split, and the scores, every slice).
         self.validation_open = True
 
+    @classmethod
+    def of_examples(cls, images: torch.Tensor, labels: torch.Tensor) -> TrainingPool:
+        """Every example a fitting row, none held out (the technique study's pool)."""
+        pool = cls(np.zeros(0, dtype=np.int64))
+        pool.add(Decoded(images.numpy(), labels.numpy(), np.arange(len(images)),
+                         np.zeros(0, dtype=np.int64)))
+        return pool
+
     def __len__(self) -> int:
         return len(self.positions)
 
@@ -228,8 +236,17 @@ class TrainingData:
 class TestSet:
     """The test set decoded once: examples in record order, and the rows that failed."""
 
-    def __init__(self, dataset, resolution: int, frames: int, direct: bool | None = None
-                 ) -> None:
+    def __init__(self, images: torch.Tensor, rows: np.ndarray | None = None,
+                 count: int | None = None) -> None:
+        """`images` of the prediction rows `rows` (by default all, in order) of `count`."""
+        self.images = images
+        self.rows = np.arange(len(images)) if rows is None else rows
+        self.count = len(images) if count is None else count
+        self.failed = np.setdiff1d(np.arange(self.count), self.rows)
+
+    @classmethod
+    def decode(cls, dataset, resolution: int, frames: int, direct: bool | None = None
+               ) -> TestSet:
         """`direct`: the training set's decode check (records of one dataset share their
         layout; None: checked here). Records the direct decode fails on are tried again
         through the platform's parse, so trusting the check loses no row."""
@@ -241,10 +258,7 @@ class TestSet:
             retried = RecordReader(dataset, resolution, frames, direct=False).decode(missing)
             if len(retried.positions):
                 decoded = Decoded.concatenated([decoded, retried]).in_position_order()
-        self.count = reader.count
-        self.images = torch.from_numpy(decoded.images)
-        self.rows = decoded.positions       # prediction row of each decoded example
-        self.failed = np.setdiff1d(np.arange(self.count), self.rows)
+        return cls(torch.from_numpy(decoded.images), decoded.positions, reader.count)
 
     def full(self, scores: np.ndarray, fill: np.ndarray) -> np.ndarray:
         """One row per test record: `scores` for the decoded ones, `fill` for the others."""

@@ -90,11 +90,9 @@ class PixelStage:
         return Candidate(self.name, model.predict(pool.images[validation]),
                          pool.validation_version, lambda test: model.predict(test.images))
 
-    def rescore(self, pool: TrainingPool, candidate: Candidate) -> Candidate:
-        """`candidate` scored on the pool's current validation rows."""
-        candidate.validation_scores = self.model.predict(pool.images[pool.validation_rows()])
-        candidate.validation_version = pool.validation_version
-        return candidate
+
+# A stage's optional transductive step: (test scores, test features) -> refined test scores.
+Refine = Callable[[np.ndarray, torch.Tensor], np.ndarray]
 
 
 class HeadStage:
@@ -102,8 +100,9 @@ class HeadStage:
 
     name = "head"
 
-    def __init__(self, trainer: Trainer, seed: int = 0) -> None:
+    def __init__(self, trainer: Trainer, seed: int = 0, refine: Refine | None = None) -> None:
         self.trainer, self.seed = trainer, seed
+        self.refine = refine   # the transductive step, when the config asks for it
         self.examples = 0
         self.seconds_per_example = 0.0
 
@@ -119,10 +118,12 @@ class HeadStage:
         self.seconds_per_example = (time.monotonic() - began) / max(1, self.examples +
                                                                     len(validation))
         self.trainer.fit_head(features, pool.labels[rows[:len(features)]])
-        trainer = self.trainer
+        trainer, refine = self.trainer, self.refine
 
         def score_test(test: TestSet) -> np.ndarray:
-            return trainer.predict_from_features(trainer.features(test.images))
+            test_features = trainer.features(test.images)
+            scores = trainer.predict_from_features(test_features)
+            return scores if refine is None else refine(scores, test_features)
 
         return Candidate(self.name, trainer.predict_from_features(validation_features),
                          pool.validation_version, score_test)
@@ -133,8 +134,7 @@ class FineTuneStage:
 
     name = "network"
 
-    def __init__(self, trainer: Trainer,
-                 refine: Callable[[np.ndarray, torch.Tensor], np.ndarray] | None = None) -> None:
+    def __init__(self, trainer: Trainer, refine: Refine | None = None) -> None:
         self.trainer = trainer
         self.refine = refine   # the transductive step, when the config asks for it
         self.validation_seconds = 0.0

@@ -7,11 +7,14 @@
   pairs of the batch share the network) and `triplet_loss` (batch-hard triplets).
 - `gcn_scores`: a transductive step over train and test embeddings: edges between samples closer
   than the mean distance, weights 1/d normalised per node, two GCN layers trained on the labelled
-  (training) nodes, class scores for the unlabelled (test) ones.
+  (training) nodes, class scores for the unlabelled (test) ones. `GraphRefinement` applies it to
+  a prediction, over a fixed set of labelled nodes (`graph_nodes`); the runtime's stages and the
+  technique study both call it.
 MixUp and CutMix live in the trainer's augmentation.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -33,6 +36,7 @@ GCN_LEARNING_RATE = 0.05
 GCN_SELF_WEIGHT = 0.8
 GCN_TEST_CHUNK = 2000   # test nodes per graph: memory and time grow with the nodes squared
 GCN_WEIGHT_DECAY = 5e-4
+GNN_TRAIN_NODES = 500   # labelled nodes of the transductive graph
 
 
 def cosine_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -206,3 +210,42 @@ def gcn_scores(train_embeddings: torch.Tensor, train_labels: torch.Tensor,
         return scores.numpy()
     finally:
         torch.random.set_rng_state(rng_state)
+
+
+def graph_nodes(train: torch.Tensor, seed: int) -> torch.Tensor:
+    """Up to GNN_TRAIN_NODES of the training rows `train`, the labelled nodes of the graph."""
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    return train[order[:GNN_TRAIN_NODES]]
+
+
+class GraphRefinement:
+    """The transductive step as a stage's `refine(prediction, test_features)`: `prediction`
+    averaged with a GCN's scores over the labelled nodes (set by `use_nodes`) and the test
+    examples. The nodes are embedded once per network state (`network_moved` forgets that
+    embedding); `last_seconds` is what the latest refinement took, embedding included."""
+
+    def __init__(self, embed: Callable[[torch.Tensor], torch.Tensor], multilabel: bool,
+                 seed: int = 0) -> None:
+        self.embed, self.multilabel, self.seed = embed, multilabel, seed
+        self.node_images = torch.zeros(0)
+        self.node_labels = torch.zeros(0)
+        self._node_features: torch.Tensor | None = None
+        self.last_seconds = 0.0
+
+    def use_nodes(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.node_images, self.node_labels = images, labels
+        self._node_features = None
+
+    def network_moved(self) -> None:
+        self._node_features = None
+
+    def __call__(self, prediction: np.ndarray, test_features: torch.Tensor) -> np.ndarray:
+        if not len(self.node_images):
+            raise ValueError("GraphRefinement: no labelled nodes (use_nodes first)")
+        began = time.monotonic()
+        if self._node_features is None:
+            self._node_features = self.embed(self.node_images)
+        refined = refine_with_gcn(prediction, self._node_features, self.node_labels,
+                                  test_features, self.multilabel, self.seed)
+        self.last_seconds = time.monotonic() - began
+        return refined

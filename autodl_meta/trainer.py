@@ -119,14 +119,16 @@ class Trainer:
         deadline = None if seconds is None else time.monotonic() + seconds
         outputs = []
         batch_size = max(1, batch_size // max(1, images.shape[1]))  # frames, not clips
-        for start in range(0, len(images), batch_size):
+        # No clips still run one (empty) batch: the result has the width of frame_fn's rows
+        # (a tiny dataset holds no validation rows).
+        for start in range(0, max(1, len(images)), batch_size):
             if outputs and deadline is not None and time.monotonic() > deadline:
                 break
             clips = images[start:start + batch_size]
             flat = to_float(clips.flatten(0, 1), self.device)
             with torch.autocast(self.device.type, enabled=self.use_amp):
                 rows = frame_fn(flat).float()
-            outputs.append(rows.view(len(clips), clips.shape[1], -1).mean(1).cpu())
+            outputs.append(rows.view(len(clips), clips.shape[1], rows.shape[1]).mean(1).cpu())
         return torch.cat(outputs)
 
     # -- frozen features and the linear head -------------------------------------------------

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ingestion_local.logs import setup_logging
 from ingestion_local.writer import AutoDLWriter, ConversionError, Sample
 
 logger = logging.getLogger(__name__)
@@ -285,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         path = convert_folder(args.src, args.out, name=args.name, num_frames=args.frames,
                               max_side=args.max_side, train_size=args.train_size, seed=args.seed,

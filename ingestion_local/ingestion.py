@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ingestion_local.logs import setup_logging
+
 logger = logging.getLogger("ingestion")
 
 VERSION = "v20191204-local"
@@ -284,8 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     from ingestion_local.dataset import DatasetFormatError
 
     try:

@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ingestion_local.convert import convert_folder, write_arrays
+from ingestion_local.logs import setup_logging
 from ingestion_local.variants import (Variant, class_order_variant, corrupt_variant, derive,
                                       near_copies_variant)
 from ingestion_local.writer import ConversionError
@@ -259,7 +260,7 @@ def requested_variants(args: argparse.Namespace) -> list[Variant]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     if args.list:
         for source in dataset_sources(args.shared_dir):
             state = "prepared" if is_prepared(args.out, source.name) else "not prepared"

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ingestion_local.dataset import DatasetFormatError, find_solution_file
+from ingestion_local.logs import setup_logging
 
 logger = logging.getLogger("run_local_test")
 
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     extra = ["--charge-init-to-budget"] if args.charge_init_to_budget else []
     try:
         result = run_local_test(args.dataset_dir, args.code_dir, args.time_budget,

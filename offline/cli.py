@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
 from autodl_meta.metadata import METADATA_DIR
 from ingestion_local.prepare import DEFAULT_OUT
+from ingestion_local.logs import setup_logging  # noqa: F401 - every offline command's
 from offline.evaluate import TIME_MODES
 from offline.store import DEFAULT_STORE
 
@@ -65,11 +65,6 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def check_run_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.time_mode == "simulated" and args.cost_table is None:
         parser.error("--time simulated needs --cost-table")
-
-
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def emit_table(table: str, out: Path | None) -> None:

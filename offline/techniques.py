@@ -5,10 +5,11 @@
 
 Each technique is the default config with one field changed (MixUp, CutMix, the cosine loss,
 supervised-contrastive or Siamese embedding learning, the transductive GCN at test time). A run
-is the submission's own later stages, on a fixed low-data subset of the dataset (by default up to
-1,000 training and 500 test examples at 32 px, decoded once and cached): the linear head on
-frozen features, then fine-tuning by the runtime's Trainer, predicting the test subset after
-slices that end at 1/16, 1/8, 1/4, 1/2 and all of the budget. The clock counts the head fit, the
+is the submission's own later stages (`HeadStage`, then `FineTuneStage`, with the runtime's
+`GraphRefinement` for the GCN), on a fixed low-data subset of the dataset (by default up to
+1,000 training and 500 test examples at 32 px, decoded once and cached, all of them training
+rows): the linear head on frozen features, then fine-tuning, predicting the test subset (without
+flip-TTA) after slices that end at 1/16, 1/8, 1/4, 1/2 and all of the budget. The clock counts the head fit, the
 training and the GCN, not the plain test passes (the same for every technique), so the budget
 goes to what the techniques change. Scored like the platform: final top-1 accuracy, final NAUC
 and the ALC over the budget, mean and standard deviation over seeds (the seed moves the
@@ -33,8 +34,9 @@ from tqdm import tqdm
 
 from autodl_meta.config import GENERALIST, TrainConfig
 from autodl_meta.data import RecordReader
-from autodl_meta.learner import graph_nodes
-from autodl_meta.techniques import refine_with_gcn
+from autodl_meta.pool import TestSet, TrainingPool
+from autodl_meta.stages import Candidate, FineTuneStage, HeadStage
+from autodl_meta.techniques import GraphRefinement, graph_nodes
 from autodl_meta.trainer import Trainer
 from offline.cli import command_parser, emit_table, setup_logging
 from offline.cluster import dask_client, run_all, threads_per_task
@@ -80,7 +82,9 @@ def technique_configs(names: Sequence[str], base: TrainConfig = GENERALIST,
     unknown = [name for name in names if name not in TECHNIQUES]
     if unknown:
         raise KeyError(f"unknown technique(s) {unknown}; known: {', '.join(TECHNIQUES)}")
-    extra = {} if alpha is None else {"augmentation_alpha": alpha}
+    # Plain test passes: flip-TTA would cost every technique the same and change none.
+    extra = {"flip_tta": False} if alpha is None else {"flip_tta": False,
+                                                       "augmentation_alpha": alpha}
     return {name: TrainConfig.from_dict({**base.to_dict(), **extra, **TECHNIQUES[name]})
             for name in names}
 
@@ -119,41 +123,43 @@ def run_technique(config: dict[str, Any], data_path: str, dataset: str, techniqu
     (train_images, train_labels), (test_images, test_labels) = subsets["train"], subsets["test"]
     solution = test_labels.numpy()
     config = TrainConfig.from_dict(config)
+    pool, test_set = TrainingPool.of_examples(train_images, train_labels), TestSet(test_images)
     trainer = Trainer(config, train_labels.shape[1], train_images.shape[2],
                       multilabel=bool((train_labels.sum(1) > 1).any()),
                       device=torch.device("cpu"), seed=seed)
-    nodes = graph_nodes(torch.arange(len(train_images)), seed)
+    refinement = None
+    if config.transductive_gnn:
+        refinement = GraphRefinement(trainer.features, trainer.multilabel, seed)
+        nodes = graph_nodes(pool.fit_rows(), seed)
+        refinement.use_nodes(pool.images[nodes], pool.labels[nodes])
+    head = HeadStage(trainer, seed, refinement)
+    fine_tune = FineTuneStage(trainer, refinement)
     clock, timestamps, scores, accuracies, notes = 0.0, [], [], [], []
 
-    def record(prediction: np.ndarray, test_features: torch.Tensor,
-               train_features: torch.Tensor | None) -> None:
+    def record(candidate: Candidate) -> None:
         nonlocal clock
-        if config.transductive_gnn:
-            started = time.monotonic()
-            if train_features is None:
-                train_features = trainer.features(train_images[nodes])
-            prediction = refine_with_gcn(prediction, train_features, train_labels[nodes],
-                                         test_features, trainer.multilabel, seed)
-            clock += time.monotonic() - started
+        prediction = candidate.test(test_set)
+        if refinement is not None:
+            clock += refinement.last_seconds
         timestamps.append(round(clock, 3))
         scores.append(nauc(solution, prediction))
         accuracies.append(float((prediction.argmax(1) == solution.argmax(1)).mean()))
 
     started = time.monotonic()
-    features = trainer.features(train_images)
-    trainer.fit_head(features, train_labels)
+    candidate = head.fit(pool, seconds=budget)
     clock += time.monotonic() - started
-    test_features = trainer.features(test_images)
-    record(trainer.predict_from_features(test_features), test_features, features[nodes])
+    record(candidate)
     for fraction in CHECKPOINTS:
         if clock >= fraction * budget:
             continue
         trained = trainer.train_seconds
-        trainer.train_for(train_images, train_labels, fraction * budget - clock)
+        fine_tune.train(pool, fraction * budget - clock)
         clock += trainer.train_seconds - trained
+        if refinement is not None:
+            refinement.network_moved()
         if not notes and (note := trainer.embedding_pace_note(budget - clock)):
             notes.append(note)
-        record(*trainer.predict_with_features(test_images, flip=False), None)
+        record(fine_tune.candidate(pool))
     return asdict(TechniqueRun(
         dataset=dataset, technique=technique, seed=seed, budget=budget,
         alc=alc(timestamps, scores, budget), final_nauc=scores[-1],

@@ -22,7 +22,10 @@ import numpy as np
 
 from scoring_local import metrics, report
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("scoring")
+# The project's one log format (ingestion_local/logs.py), spelled here: the scoring program
+# runs on the platform without the harness.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 DEFAULT_START_WAIT = 1800.0
 KILL_GRACE_SECONDS = 5.0
@@ -221,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s scoring: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         score = Evaluator(args.solution_dir, args.prediction_dir, args.score_dir).run(
             start_wait=args.start_wait)

@@ -17,3 +17,19 @@ def test_every_command_answers_help(name, capsys):
     text = capsys.readouterr().out
     assert text.startswith("usage: python -m offline")
     assert "options:" in text
+
+
+def test_one_log_format():
+    import model
+    from conftest import REPO_ROOT
+    from ingestion_local.logs import LOG_FORMAT
+    from scoring_local import score
+
+    # The submission and the scoring program run without the harness: each spells the format.
+    assert model.LOG_FORMAT == score.LOG_FORMAT == LOG_FORMAT
+    sources = [REPO_ROOT / "model.py", *(path for folder in ("autodl_meta", "ingestion_local",
+                                                            "scoring_local", "offline")
+                                         for path in (REPO_ROOT / folder).rglob("*.py"))]
+    configured = {path.relative_to(REPO_ROOT).as_posix() for path in sources
+                  if "logging.basicConfig" in path.read_text()}
+    assert configured == {"model.py", "scoring_local/score.py", "ingestion_local/logs.py"}

@@ -105,8 +105,8 @@ def test_a_test_set_that_trusts_a_wrong_check_loses_no_row():
     from conftest import shared_path
 
     records = AutoDLDataset(shared_path("autodl_samples", "mini1", "mini1.data", "test"))
-    test_set = TestSet(records.get_dataset(), 32, 1, direct=True)
-    expected = TestSet(records.get_dataset(), 32, 1, direct=False)
+    test_set = TestSet.decode(records.get_dataset(), 32, 1, direct=True)
+    expected = TestSet.decode(records.get_dataset(), 32, 1, direct=False)
     assert test_set.count == 10 and not len(test_set.failed)
     np.testing.assert_array_equal(test_set.rows, np.arange(10))
     np.testing.assert_array_equal(test_set.images.numpy(), expected.images.numpy())

@@ -105,6 +105,48 @@ def test_a_class_sorted_dataset_gets_a_first_model_that_saw_every_class(tmp_path
     assert learner.record.dataset["first_read"]["classes"] == 10
 
 
+def test_the_first_call_reads_one_chunk_and_the_head_call_the_rest_of_a_cheap_read(
+        tmp_path, monkeypatch):
+    from autodl_meta import learner as learner_module
+    from autodl_meta import pool as pool_module
+    from autodl_meta.learner import Learner
+
+    from conftest import write_digits
+
+    # 1,437 training records: read in chunks as a large set would be, not whole.
+    monkeypatch.setattr(pool_module, "SMALL_DATASET", 100)
+    monkeypatch.setattr(learner_module, "EXTRA_READ_COUNT", 600)
+    data_dir = next(write_digits(tmp_path, count=1797).glob("*.data"))
+    train, test = AutoDLDataset(data_dir / "train"), AutoDLDataset(data_dir / "test")
+    learner = Learner(train.get_metadata())
+    run_calls(learner, train, test, (60,))
+    first_chunk = len(learner.data.pool)
+    assert first_chunk == len(learner.plan.validation) + pool_module.FIRST_CHUNK
+    assert learner.cheap_decoding  # 8 x 8 PNGs
+    first_pixel = learner.pixel.model
+    run_calls(learner, train, test, (55,))
+    assert learner.phase is learner_module.Phase.FINE_TUNE
+    assert len(learner.data.pool) >= first_chunk + 600
+    assert learner.pixel.model is not first_pixel  # fitted again on the larger pool
+
+
+def test_a_tiny_dataset_without_validation_rows_still_gets_a_network(tmp_path):
+    from autodl_meta.learner import Learner
+
+    from conftest import write_digits
+
+    # 40 training records: too few to hold any out for validation.
+    data_dir = next(write_digits(tmp_path, count=50).glob("*.data"))
+    train, test = AutoDLDataset(data_dir / "train"), AutoDLDataset(data_dir / "test")
+    learner = Learner(train.get_metadata())
+    predictions = run_calls(learner, train, test, (60, 55, 50, 45))
+    assert not len(learner.data.pool.validation_rows())
+    assert learner.record.stage("head").status == "done"
+    assert learner.record.stage("fine_tune").failures == 0
+    assert all(p.shape == (10, 10) and np.isfinite(p).all() for p in predictions)
+    assert not learner.errors.counts
+
+
 def test_undecodable_records_are_skipped_and_test_rows_kept(tmp_path):
     from autodl_meta.learner import Learner
     from autodl_meta.record import read_run_record
