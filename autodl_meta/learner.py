@@ -58,8 +58,9 @@ FIRST_READ_SECONDS = 4.0
 # (for at most HEAD_READ_SECONDS): with many classes the first chunk holds 2-4 of each, and a
 # head (then the network started from it) fitted on 2 examples of each of 242 classes stayed
 # behind for the whole run. When the first chunk took less than CHEAP_READ_SECONDS (small
-# images), at least EXTRA_READ_COUNT more are read then, and the pixel model is fitted again on
-# them. Neither is in the first call: the first prediction would wait for it (0.3-0.5 s).
+# images), at least EXTRA_READ_COUNT more are read then. Whenever the pool grew, the pixel model
+# is fitted again on it. Neither read is in the first call: the first prediction would wait for
+# it (0.3-0.5 s).
 MIN_FIT_PER_CLASS = 8
 HEAD_READ_SECONDS = 2.0
 EXTRA_READ_COUNT = 1536
