@@ -44,7 +44,7 @@ from autodl_meta.pool import FIRST_CHUNK, ReadPlan, TestSet, TrainingData
 from autodl_meta.record import ErrorLog, PredictionEntry, RunRecord, TimeLedger, run_record_path
 from autodl_meta.stages import (HEAD_SHARE, Blend, Candidate, FineTuneStage, HeadStage,
                                 PixelStage)
-from autodl_meta.techniques import GraphRefinement, graph_nodes
+from autodl_meta.techniques import GraphRefinement
 from autodl_meta.trainer import Trainer, pick_device, usable_cores
 from autodl_meta.validation import nauc
 
@@ -550,8 +550,7 @@ class Learner:
         if self.refinement is None:
             return
         pool = self.data.pool
-        nodes = graph_nodes(pool.fit_rows(), self.seed)
-        self.refinement.use_nodes(pool.images[nodes], pool.labels[nodes])
+        self.refinement.use_nodes(pool.images, pool.labels, pool.fit_rows())
 
     # -- the run record -----------------------------------------------------------------------
     def _count_undecodable(self, subset: str, count: int) -> None:

@@ -220,7 +220,7 @@ def graph_nodes(train: torch.Tensor, seed: int) -> torch.Tensor:
 
 class GraphRefinement:
     """The transductive step as a stage's `refine(prediction, test_features)`: `prediction`
-    averaged with a GCN's scores over the labelled nodes (set by `use_nodes`) and the test
+    averaged with a GCN's scores over the labelled nodes (drawn by `use_nodes`) and the test
     examples. The nodes are embedded once per network state (`network_moved` forgets that
     embedding); `last_seconds` is what the latest refinement took, embedding included."""
 
@@ -232,8 +232,10 @@ class GraphRefinement:
         self._node_features: torch.Tensor | None = None
         self.last_seconds = 0.0
 
-    def use_nodes(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.node_images, self.node_labels = images, labels
+    def use_nodes(self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor) -> None:
+        """The labelled nodes: `graph_nodes` of `rows` (the training rows of `images`)."""
+        nodes = graph_nodes(rows, self.seed)
+        self.node_images, self.node_labels = images[nodes], labels[nodes]
         self._node_features = None
 
     def network_moved(self) -> None:

@@ -9,13 +9,14 @@ is the submission's own later stages (`HeadStage`, then `FineTuneStage`, with th
 `GraphRefinement` for the GCN), on a fixed low-data subset of the dataset (by default up to
 1,000 training and 500 test examples at 32 px, decoded once and cached, all of them training
 rows): the linear head on frozen features, then fine-tuning, predicting the test subset (without
-flip-TTA) after slices that end at 1/16, 1/8, 1/4, 1/2 and all of the budget. The clock counts the head fit, the
-training and the GCN, not the plain test passes (the same for every technique), so the budget
-goes to what the techniques change. Scored like the platform: final top-1 accuracy, final NAUC
-and the ALC over the budget, mean and standard deviation over seeds (the seed moves the
-initialisation of new layers, the batches and the augmentation; the subset is fixed). Every run
-is kept as a JSON file, so an interrupted study resumes. What a technique could not do within
-the budget (too few steps for an embedding loss) is reported beside its score.
+flip-TTA) after slices that end at 1/16, 1/8, 1/4, 1/2 and all of the budget. The clock counts
+the head fit, the training and the GCN, not the plain test passes (the same for every
+technique), so the budget goes to what the techniques change. Scored like the platform: final
+top-1 accuracy, final NAUC and the ALC over the budget, mean and standard deviation over seeds
+(the seed moves the initialisation of new layers, the batches and the augmentation; the
+subset is fixed). Every run is kept as a JSON file, so an interrupted study resumes. What a
+technique could not do within the budget (too few steps for an embedding loss) is reported
+beside its score.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from autodl_meta.config import GENERALIST, TrainConfig
 from autodl_meta.data import RecordReader
 from autodl_meta.pool import TestSet, TrainingPool
 from autodl_meta.stages import Candidate, FineTuneStage, HeadStage
-from autodl_meta.techniques import GraphRefinement, graph_nodes
+from autodl_meta.techniques import GraphRefinement
 from autodl_meta.trainer import Trainer
 from offline.cli import command_parser, emit_table, setup_logging
 from offline.cluster import dask_client, run_all, threads_per_task
@@ -83,8 +84,9 @@ def technique_configs(names: Sequence[str], base: TrainConfig = GENERALIST,
     if unknown:
         raise KeyError(f"unknown technique(s) {unknown}; known: {', '.join(TECHNIQUES)}")
     # Plain test passes: flip-TTA would cost every technique the same and change none.
-    extra = {"flip_tta": False} if alpha is None else {"flip_tta": False,
-                                                       "augmentation_alpha": alpha}
+    extra: dict[str, Any] = {"flip_tta": False}
+    if alpha is not None:
+        extra["augmentation_alpha"] = alpha
     return {name: TrainConfig.from_dict({**base.to_dict(), **extra, **TECHNIQUES[name]})
             for name in names}
 
@@ -130,8 +132,7 @@ def run_technique(config: dict[str, Any], data_path: str, dataset: str, techniqu
     refinement = None
     if config.transductive_gnn:
         refinement = GraphRefinement(trainer.features, trainer.multilabel, seed)
-        nodes = graph_nodes(pool.fit_rows(), seed)
-        refinement.use_nodes(pool.images[nodes], pool.labels[nodes])
+        refinement.use_nodes(pool.images, pool.labels, pool.fit_rows())
     head = HeadStage(trainer, seed, refinement)
     fine_tune = FineTuneStage(trainer, refinement)
     clock, timestamps, scores, accuracies, notes = 0.0, [], [], [], []

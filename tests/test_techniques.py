@@ -99,8 +99,7 @@ def test_graph_refinement_embeds_its_nodes_once_per_network_state():
     refinement = techniques.GraphRefinement(embed, multilabel=False)
     with pytest.raises(ValueError, match="no labelled nodes"):
         refinement(np.zeros((200, 3)), points[100:])
-    nodes = techniques.graph_nodes(torch.arange(100), seed=0)
-    refinement.use_nodes(points[nodes], one_hot[nodes])
+    refinement.use_nodes(points, one_hot, torch.arange(100))  # the first 100 are labelled
     flat = np.full((200, 3), 1 / 3)
     refined = refinement(flat, points[100:])
     assert (refined.argmax(1) == labels[100:].numpy()).mean() > 0.9
