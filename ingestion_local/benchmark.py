@@ -50,11 +50,17 @@ def benchmark(archive: Path) -> dict[str, float]:
             "read": count / single_seconds, "read_batched": count / batched_seconds}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments (tests parse the README's command lines with it)."""
     parser = argparse.ArgumentParser(prog="python -m ingestion_local.benchmark",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["cifar10", "caltech101"])
     parser.add_argument("--shared-dir", type=Path, default=DEFAULT_SHARED)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     print(f"{'dataset':14s} {'images':>7s} {'convert img/s':>14s} {'train':>6s} "
           f"{'read img/s':>11s} {'read img/s (batch 64)':>22s}")

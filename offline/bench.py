@@ -12,6 +12,7 @@ interrupted benchmark goes on where it stopped), `--force` runs it again.
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 import sys
@@ -121,7 +122,8 @@ def _kept_row(run_dir: Path, budget: float) -> BenchRow | None:
         return None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments (tests parse the README's command lines with it)."""
     parser = command_parser("python -m offline bench", __doc__)
     parser.add_argument("--datasets", nargs="+", default=["mnist_demo"],
                         help="prepared dataset names")
@@ -136,6 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     parser.add_argument("--force", action="store_true",
                         help="run again what --result-dir already holds at this budget")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging()
     rows = run_bench(args.datasets, args.data_dir, args.budget, args.result_dir,

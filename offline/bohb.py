@@ -19,6 +19,7 @@ dask-jobqueue).
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -175,7 +176,8 @@ class BOHBStudy:
         return incumbent
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments (tests parse the README's command lines with it)."""
     parser = command_parser("python -m offline bohb", __doc__)
     parser.add_argument("--datasets", nargs="+", required=True,
                         help="prepared dataset names under --data-dir")
@@ -195,6 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "(supcon/contrastive/triplet) and the transductive GCN")
     parser.add_argument("--seed", type=int, default=0)
     add_run_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     check_run_arguments(parser, args)
     setup_logging()

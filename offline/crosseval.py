@@ -9,6 +9,7 @@ SQLite store as BOHB's, so an interrupted run resumes and a repeated run costs n
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Sequence
@@ -99,7 +100,8 @@ def cross_evaluate(store: ResultStore, client, data_dir: Path, datasets: Sequenc
     return alc_matrix(store, configs, datasets, budget, seeds, time_mode)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments (tests parse the README's command lines with it)."""
     parser = command_parser("python -m offline crosseval", __doc__)
     parser.add_argument("--datasets", nargs="+", default=None,
                         help="datasets to evaluate on (default: those with an incumbent)")
@@ -108,6 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     add_run_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="also write the matrix here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     check_run_arguments(parser, args)
     setup_logging()

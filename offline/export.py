@@ -11,6 +11,7 @@ is loaded back with the runtime's own validation before the command reports succ
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import shutil
@@ -76,7 +77,8 @@ def export(store_path: Path, out: Path, budget: float, seed: int, commands: list
     return MetaData.load(out)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments (tests parse the README's command lines with it)."""
     parser = command_parser("python -m offline export", __doc__)
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE)
     add_budget_argument(parser, "the cross-evaluation budget the generalist is chosen at")
@@ -84,6 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=METADATA_DIR)
     parser.add_argument("--commands", nargs="*", default=[],
                         help="the commands that produced the store, for provenance.json")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging()
     commands = args.commands + ["python -m offline export " + " ".join(argv or sys.argv[1:])]

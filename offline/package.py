@@ -10,6 +10,7 @@ the largest parts, when the zip is over the platform's limit.
 """
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import logging
 import sys
@@ -100,11 +101,17 @@ def build_zip(out: Path, root: Path = REPO_ROOT, limit_mb: float = LIMIT_MB) -> 
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments (tests parse the README's command lines with it)."""
     parser = command_parser("python -m offline.package", __doc__)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "dist" / "submission.zip")
     parser.add_argument("--limit-mb", type=float, default=LIMIT_MB,
                         help="fail above this size")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging()
     try:

@@ -197,7 +197,8 @@ def _resolution(text: str) -> int:
     return value
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments (tests parse the README's command lines with it)."""
     parser = command_parser("python -m offline profile", __doc__)
     parser.add_argument("--backbones", nargs="+", choices=sorted(ZOO), metavar="BACKBONE",
                         default=None,
@@ -222,6 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="where to time")
     parser.add_argument("--force", action="store_true",
                         help="measure again entries that --out already holds")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging()
     if args.device == "cuda" and not torch.cuda.is_available():

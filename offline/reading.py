@@ -17,6 +17,7 @@ The table goes to stdout (and `--out`), the figures to `--json`.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -87,13 +88,19 @@ def cells(row: dict[str, Any]) -> list[object]:
             row["classes_in_first_chunk"]]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments (tests parse the README's command lines with it)."""
     parser = command_parser("python -m offline reading", __doc__)
     parser.add_argument("--datasets", nargs="+", required=True, help="prepared dataset names")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_OUT,
                         help="folder of prepared AutoDL datasets")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     rows = []
     for name in tqdm(args.datasets, desc="datasets", unit="dataset"):

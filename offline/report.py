@@ -17,6 +17,7 @@ writes into `--out`:
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -385,7 +386,8 @@ def write_report(data: ReportData, out: Path) -> Path:
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments (tests parse the README's command lines with it)."""
     parser = command_parser("python -m offline report", __doc__)
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE,
                         help="the result store")
@@ -395,6 +397,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "(default: %(default)s)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="folder for the plots and summary.md")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging()
     report_path = args.store.parent / "selector" / REPORT_FILE

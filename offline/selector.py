@@ -20,6 +20,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -161,7 +162,8 @@ def choose(held_out: list[HeldOut], kinds: Sequence[str]) -> tuple[str, float]:
     return kind, threshold
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments (tests parse the README's command lines with it)."""
     parser = command_parser("python -m offline selector", __doc__)
     parser.add_argument("--datasets", nargs="+", default=None,
                         help="known datasets (default: those with an incumbent in the store)")
@@ -173,6 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20,
                         help="random meta-test batches per dataset and batch size")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging()
     out = args.store.parent

@@ -20,6 +20,7 @@ beside its score.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -209,7 +210,8 @@ def markdown_tables(results: dict[tuple[str, str], list[TechniqueRun]],
     return "\n\n".join(sections)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments (tests parse the README's command lines with it)."""
     parser = command_parser("python -m offline techniques", __doc__)
     parser.add_argument("--datasets", nargs="+", default=list(DEFAULT_DATASETS),
                         help="prepared dataset names under --data-dir")
@@ -233,6 +235,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scheduler", default=None,
                         help="address of an existing Dask scheduler (default: a LocalCluster)")
     parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging()
     names = [BASELINE] + [name for name in args.techniques if name != BASELINE]

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import shutil
@@ -85,11 +86,17 @@ def install(pretrained_dir: Path = PRETRAINED_DIR) -> list[Path]:
     return installed
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments (tests parse the README's command lines with it)."""
     parser = command_parser("python -m offline.weights", __doc__)
     parser.add_argument("command", choices=("install", "status"))
     parser.add_argument("--dir", type=Path, default=PRETRAINED_DIR,
                         help="folder holding MANIFEST")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging()
     if args.command == "install":

@@ -18,6 +18,7 @@ goes to stdout and to reports/fewshot.md (heads: reports/fewshot_head.md).
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import hashlib
 import json
@@ -334,7 +335,8 @@ def heads_markdown(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments (tests parse the README's command lines with it)."""
     parser = command_parser("python -m offline fewshot", __doc__)
     parser.add_argument("experiment", nargs="?", choices=("table", "heads"), default="table",
                         help="table: REPTILE/MetaNAS on Omniglot; heads: the head comparison")
@@ -361,6 +363,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="markdown report (default reports/fewshot.md or fewshot_head.md)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging()
     torch.set_num_threads(args.threads)
