@@ -52,7 +52,7 @@ class Variant:
                    list[tf.train.SequenceExample]] | None = None
 
 
-def _read(subset_dir: Path) -> list[tf.train.SequenceExample]:
+def read_records(subset_dir: Path) -> list[tf.train.SequenceExample]:
     files = AutoDLDataset(subset_dir).get_files()
     return [tf.train.SequenceExample.FromString(record.numpy())
             for record in tf.data.TFRecordDataset(files)]
@@ -63,7 +63,7 @@ def _first_label(example: tf.train.SequenceExample) -> int:
     return int(labels[0]) if labels else -1
 
 
-def _frames(example: tf.train.SequenceExample):
+def frame_features(example: tf.train.SequenceExample):
     if FRAMES_KEY not in example.feature_lists.feature_list:
         raise ConversionError("only compressed (JPEG/PNG) datasets can be derived this way")
     return example.feature_lists.feature_list[FRAMES_KEY].feature
@@ -101,7 +101,7 @@ def near_copy_groups(copies: int) -> Callable:
                 copy.CopyFrom(examples[source])
                 shift = tuple(int(v) for v in rng.integers(-MAX_SHIFT, MAX_SHIFT + 1, 2))
                 brightness = float(rng.uniform(-MAX_BRIGHTNESS, MAX_BRIGHTNESS))
-                for frame in _frames(copy):
+                for frame in frame_features(copy):
                     frame.bytes_list.value[0] = _jitter(frame.bytes_list.value[0], shift,
                                                         brightness)
                 derived.append(copy)
@@ -133,7 +133,7 @@ def corrupt_share(share: float) -> Callable:
                   rng: np.random.Generator) -> list[tf.train.SequenceExample]:
         chosen = rng.choice(len(examples), max(1, round(share * len(examples))), replace=False)
         for turn, index in enumerate(sorted(chosen)):
-            frame = _frames(examples[index])[0]
+            frame = frame_features(examples[index])[0]
             frame.bytes_list.value[0] = corrupt_bytes(frame.bytes_list.value[0],
                                                       CORRUPTIONS[turn % len(CORRUPTIONS)], rng)
         return examples
@@ -172,7 +172,7 @@ def derive(dataset_dir: str | Path, out_dir: str | Path, variant: Variant, seed:
             target = staging / f"{derived}.data" / subset
             target.mkdir(parents=True)
             shutil.copy(data_dir / subset / "metadata.textproto", target)
-            examples = _read(data_dir / subset)
+            examples = read_records(data_dir / subset)
             if transform is not None:
                 examples = transform(examples, rng)
             with tf.io.TFRecordWriter(str(target / f"sample-{derived}-{subset}.tfrecord")) as out:

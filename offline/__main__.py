@@ -16,6 +16,8 @@ COMMANDS = {
     "report": ("offline.report", "plots and a markdown summary in reports/"),
     "techniques": ("offline.techniques", "low-data techniques against plain cross-entropy"),
     "fewshot": ("offline.fewshot.command", "REPTILE and MetaNAS on few-shot tasks (Table 1)"),
+    "tasks": ("offline.tasks", "derived tasks (fewer classes, examples, pixels, frames) for the "
+                               "meta-dataset"),
     "bench": ("offline.bench", "benchmark the submission through the local harness"),
     "reading": ("offline.reading", "what reading a training set costs, and its class coverage"),
     "package": ("offline.package", "build the submission zip (make zip)"),
