@@ -10,6 +10,8 @@ COMMANDS = {
     "profile": ("offline.profile", "time forward+backward per backbone and shape: the cost table"),
     "bohb": ("offline.bohb", "BOHB per (known dataset, backbone) on SMAC3 + Dask"),
     "crosseval": ("offline.crosseval", "evaluate every incumbent on every known dataset"),
+    "portfolio": ("offline.portfolio", "the configs every meta-dataset task runs: greedy "
+                                       "incumbents and diversified ones"),
     "selector": ("offline.selector", "fingerprint the known datasets, train and compare the "
                                      "meta-classifiers"),
     "export": ("offline.export", "write metadata/ from the store and the selector"),

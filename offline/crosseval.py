@@ -6,6 +6,10 @@ Row "cifar10", column "omniglot" is the ALC of cifar10's incumbent config on omn
 diagonal is the paper's "same-config" line, the rest its "other datasets' configs" lines, and
 the matrix is what the selector's report prices a selection with. Results go into the same
 SQLite store as BOHB's, so an interrupted run resumes and a repeated run costs nothing.
+
+With `--portfolio results/portfolio.json` the portfolio's configs run instead, on any prepared
+datasets and derived tasks (`python -m offline tasks` writes them beside their sources): the
+meta-dataset's matrix of every config on every task.
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ from offline.cli import (add_budget_argument, add_run_arguments, add_store_argum
                          check_run_arguments, command_parser, emit_table, setup_logging)
 from offline.cluster import dask_client, run_all, threads_per_task
 from offline.evaluate import Evaluation, evaluate_task
-from offline.store import ResultStore
+from offline.portfolio import load_portfolio
+from offline.store import ResultStore, alc_matrix
 from offline.tables import markdown_table
 
 logger = logging.getLogger(__name__)
@@ -36,19 +41,6 @@ def candidate_configs(store: ResultStore) -> dict[str, TrainConfig]:
     configs = {name: incumbent.config for name, incumbent in store.best_incumbents().items()}
     configs[GENERALIST_NAME] = GENERALIST
     return configs
-
-
-def alc_matrix(store: ResultStore, configs: dict[str, TrainConfig], datasets: Sequence[str],
-               budget: float, seeds: Sequence[int] = (0,), time_mode: str = "wall"
-               ) -> np.ndarray:
-    """ALC of config i on dataset j, averaged over seeds; NaN where not evaluated yet."""
-    matrix = np.full((len(configs), len(datasets)), np.nan)
-    for i, config in enumerate(configs.values()):
-        for j, dataset in enumerate(datasets):
-            found = [store.get(dataset, config, budget, seed, time_mode) for seed in seeds]
-            if all(found):
-                matrix[i, j] = float(np.mean([evaluation.alc for evaluation in found]))
-    return matrix
 
 
 def best_configs(names: Sequence[str], matrix: np.ndarray, datasets: Sequence[str],
@@ -75,8 +67,11 @@ def markdown_matrix(names: Sequence[str], datasets: Sequence[str], matrix: np.nd
 
 def cross_evaluate(store: ResultStore, client, data_dir: Path, datasets: Sequence[str],
                    budget: float, seeds: Sequence[int], time_mode: str = "wall",
-                   cost_table: Path | None = None) -> np.ndarray:
-    configs = candidate_configs(store)
+                   cost_table: Path | None = None,
+                   configs: dict[str, TrainConfig] | None = None) -> np.ndarray:
+    """Run what the store lacks of `configs` (by default the incumbents and the generalist) on
+    `datasets`; return their ALC matrix."""
+    configs = configs or candidate_configs(store)
     threads = threads_per_task(client)
     todo = [(config, dataset, seed) for config in configs.values() for dataset in datasets
             for seed in seeds if store.get(dataset, config, budget, seed, time_mode) is None]
@@ -109,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_budget_argument(parser, "time budget T of every run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     add_run_arguments(parser)
+    parser.add_argument("--portfolio", type=Path, default=None,
+                        help="run these configs (python -m offline portfolio) instead of the "
+                             "incumbents and the generalist")
     parser.add_argument("--out", type=Path, default=None, help="also write the matrix here")
     return parser
 
@@ -118,14 +116,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_run_arguments(parser, args)
     setup_logging()
+    configs = load_portfolio(args.portfolio) if args.portfolio else None
     with ResultStore(args.store) as store:
         datasets = args.datasets or sorted(store.best_incumbents())
         if not datasets:
             parser.error(f"{args.store} holds no incumbent: run python -m offline bohb first")
+        configs = configs or candidate_configs(store)
         with dask_client(args.scheduler, args.workers) as client:
             matrix = cross_evaluate(store, client, args.data_dir, datasets, args.budget,
-                                    args.seeds, args.time_mode, args.cost_table)
-        table = markdown_matrix(list(candidate_configs(store)), datasets, matrix)
+                                    args.seeds, args.time_mode, args.cost_table, configs)
+        table = markdown_matrix(list(configs), datasets, matrix)
     emit_table(table, args.out)
     return 0
 

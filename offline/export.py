@@ -25,9 +25,9 @@ import numpy as np
 
 from autodl_meta.metadata import (CONFIGS_FILE, METADATA_DIR, PROVENANCE_FILE, SELECTOR_FILE,
                                   MetaData)
-from offline.crosseval import alc_matrix, best_configs, candidate_configs
+from offline.crosseval import best_configs, candidate_configs
 from offline.selector import REPORT_FILE
-from offline.store import DEFAULT_STORE, REPO_ROOT, ResultStore
+from offline.store import DEFAULT_STORE, REPO_ROOT, ResultStore, alc_matrix
 from offline.cli import add_budget_argument, command_parser, setup_logging
 
 logger = logging.getLogger(__name__)

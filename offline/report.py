@@ -37,9 +37,9 @@ from matplotlib.patches import Rectangle
 
 from autodl_meta.fingerprint import FINGERPRINT_BATCH
 from offline.cli import add_budget_argument, command_parser, setup_logging
-from offline.crosseval import GENERALIST_NAME, alc_matrix, candidate_configs, markdown_matrix
+from offline.crosseval import GENERALIST_NAME, candidate_configs, markdown_matrix
 from offline.selector import REPORT_FILE, HeldOut
-from offline.store import DEFAULT_STORE, REPO_ROOT, Incumbent, ResultStore
+from offline.store import DEFAULT_STORE, REPO_ROOT, Incumbent, ResultStore, alc_matrix
 from offline.tables import markdown_table
 
 logger = logging.getLogger(__name__)

@@ -37,9 +37,9 @@ from offline.meta_classifiers import build, save_selector
 from ingestion_local import AutoDLDataset
 from offline.cli import (add_budget_argument, add_store_arguments, command_parser,
                          setup_logging)
-from offline.crosseval import GENERALIST_NAME, alc_matrix, best_configs, candidate_configs
+from offline.crosseval import GENERALIST_NAME, best_configs, candidate_configs
 from offline.evaluate import dataset_paths
-from offline.store import ResultStore
+from offline.store import ResultStore, alc_matrix
 
 logger = logging.getLogger(__name__)
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from autodl_meta.config import TrainConfig
 from offline.evaluate import Evaluation
@@ -144,3 +147,16 @@ class ResultStore:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def alc_matrix(store: ResultStore, configs: dict[str, TrainConfig], datasets: Sequence[str],
+               budget: float, seeds: Sequence[int] = (0,), time_mode: str = "wall"
+               ) -> np.ndarray:
+    """ALC of config i on dataset j, averaged over seeds; NaN where not evaluated yet."""
+    matrix = np.full((len(configs), len(datasets)), np.nan)
+    for i, config in enumerate(configs.values()):
+        for j, dataset in enumerate(datasets):
+            found = [store.get(dataset, config, budget, seed, time_mode) for seed in seeds]
+            if all(found):
+                matrix[i, j] = float(np.mean([evaluation.alc for evaluation in found]))
+    return matrix

@@ -1,11 +1,12 @@
 """Derived tasks for the meta-dataset: smaller, coarser, grey or shorter versions of prepared sets.
 
-    python -m offline tasks --sources cifar10 omniglot brain_mri --out data/tasks
+    python -m offline tasks --sources cifar10 omniglot brain_mri
 
 A meta-dataset of 15 datasets is too small to learn a config choice from; tasks derived from
 them add the variation that decides which config wins at short budgets: fewer classes, fewer
 training examples per class, a lower resolution, one channel, shorter clips. Each task is a
-complete AutoDL dataset (`OUT/<task>/`, written by the harness's own writer) named after its
+complete AutoDL dataset written by the harness's own writer beside its source (in `--data-dir`,
+so every command that takes prepared dataset names takes tasks too), named after its
 source and what was changed, e.g. `cifar10__c5_n20` (5 of the classes, 20 training examples per
 class) or `caltech101__r32_gray`. The test set keeps every record of a kept class; the
 solution is rebuilt for the kept classes. Tasks already written are skipped, so a run resumes.
@@ -32,9 +33,6 @@ from ingestion_local.writer import AutoDLWriter, ConversionError, Sample
 from offline.cli import command_parser
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_TASKS_DIR = DEFAULT_OUT.parent / "tasks"
-
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -183,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="prepared dataset names under --data-dir")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_OUT,
                         help="folder of prepared AutoDL datasets")
-    parser.add_argument("--out", type=Path, default=DEFAULT_TASKS_DIR,
-                        help="folder the derived tasks are written to")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder the derived tasks are written to (default: --data-dir)")
     parser.add_argument("--seed", type=int, default=0, help="draws the classes and examples")
     parser.add_argument("--overwrite", action="store_true", help="write existing tasks again")
     return parser
@@ -202,9 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f"ingestion_local.prepare --only {source})")
         metadata = AutoDLDataset(find_data_dir(source_dir) / "train").get_metadata()
         specs += [replace(spec, seed=args.seed) for spec in default_suite(source, metadata)]
+    out = args.out or args.data_dir
     for spec in tqdm(specs, desc="tasks", unit="task"):
-        if (args.out / spec.name).is_dir() and not args.overwrite:
+        if (out / spec.name).is_dir() and not args.overwrite:
             logger.info("%s: already written", spec.name)
             continue
-        derive_task(args.data_dir / spec.source, spec, args.out, overwrite=args.overwrite)
+        derive_task(args.data_dir / spec.source, spec, out, overwrite=args.overwrite)
     return 0

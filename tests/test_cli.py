@@ -53,7 +53,8 @@ def _readme_parser(module: str, words: list[str]):
     """The parser `python -m module words...` runs, and the arguments it gets."""
     if module == "offline":
         return importlib.import_module(COMMANDS[words[0]][0]).build_parser(), words[1:]
-    entry = {"ingestion_local": "ingestion_local.ingestion", "scoring_local": "scoring_local.score"}
+    entry = {"ingestion_local": "ingestion_local.ingestion",
+             "scoring_local": "scoring_local.score"}
     return importlib.import_module(entry.get(module, module)).build_parser(), words
 
 

@@ -12,9 +12,9 @@ from autodl_meta.config import GENERALIST, TrainConfig
 from offline.costs import CostEntry, CostTable
 from autodl_meta.metadata import MetaData
 from offline import bohb, export, selector
-from offline.crosseval import GENERALIST_NAME, alc_matrix, candidate_configs
+from offline.crosseval import GENERALIST_NAME, candidate_configs
 from offline.evaluate import Evaluation, evaluate
-from offline.store import Incumbent, ResultStore
+from offline.store import Incumbent, ResultStore, alc_matrix
 
 SMALL = TrainConfig(resolution=32, batch_size=16, learning_rate=0.01)
 
