@@ -58,9 +58,14 @@ def read_records(subset_dir: Path) -> list[tf.train.SequenceExample]:
             for record in tf.data.TFRecordDataset(files)]
 
 
+def record_labels(example: tf.train.SequenceExample) -> list[int]:
+    """The class ids of a record (empty for a test record)."""
+    return [int(label) for label in example.context.feature["label_index"].int64_list.value]
+
+
 def _first_label(example: tf.train.SequenceExample) -> int:
-    labels = example.context.feature["label_index"].int64_list.value
-    return int(labels[0]) if labels else -1
+    labels = record_labels(example)
+    return labels[0] if labels else -1
 
 
 def frame_features(example: tf.train.SequenceExample):

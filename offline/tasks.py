@@ -21,14 +21,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 from tqdm import tqdm
 
 from ingestion_local.dataset import AutoDLDataset, AutoDLMetadata, find_data_dir
 from ingestion_local.logs import setup_logging
 from ingestion_local.prepare import DEFAULT_OUT
-from ingestion_local.variants import frame_features, read_records
+from ingestion_local.variants import frame_features, read_records, record_labels
 from ingestion_local.writer import AutoDLWriter, ConversionError, Sample
 from offline.cli import command_parser
 
@@ -76,10 +75,6 @@ def default_suite(source: str, metadata: AutoDLMetadata) -> list[TaskSpec]:
                       grayscale=metadata.get_num_channels() > 1,
                       frames=max(1, sequence // 4) if sequence > 1 else None)
     return [few_shot, coarse]
-
-
-def _labels(example: tf.train.SequenceExample) -> list[int]:
-    return [int(label) for label in example.context.feature["label_index"].int64_list.value]
 
 
 def _reencode(encoded: bytes, spec: TaskSpec) -> tuple[bytes, tuple[int, int, int]]:
@@ -145,7 +140,7 @@ def derive_task(dataset_dir: str | Path, spec: TaskSpec, out_dir: str | Path,
     kept = {old: new for new, old in enumerate(classes)}
 
     train = read_records(data_dir / "train")
-    train_labels = [_labels(example) for example in train]
+    train_labels = [record_labels(example) for example in train]
     train_rows = _kept_training(train_labels, kept, spec.per_class, rng)
     test = read_records(data_dir / "test")
     solution = np.loadtxt(dataset_dir / f"{source}.solution", ndmin=2)
