@@ -42,8 +42,8 @@ from autodl_meta.metadata import METADATA_DIR, MetaData, MetadataError
 from autodl_meta.policy import TimePolicy
 from autodl_meta.pool import FIRST_CHUNK, ReadPlan, TestSet, TrainingData
 from autodl_meta.record import ErrorLog, PredictionEntry, RunRecord, TimeLedger, run_record_path
-from autodl_meta.stages import (HEAD_SHARE, Blend, Candidate, FineTuneStage, HeadStage,
-                                PixelStage)
+from autodl_meta.stages import (HEAD_SECONDS, HEAD_SHARE, Blend, Candidate, FineTuneStage,
+                                HeadStage, PixelStage)
 from autodl_meta.techniques import GraphRefinement
 from autodl_meta.trainer import Trainer, pick_device, usable_cores
 from autodl_meta.validation import nauc
@@ -396,7 +396,8 @@ class Learner:
         pool = self.data.pool
         self._place_graph_nodes()
         with self.ledger.timed("fit"):
-            candidate = self.head.fit(pool, seconds=HEAD_SHARE * self.policy.remaining())
+            candidate = self.head.fit(pool, seconds=min(HEAD_SECONDS,
+                                                        HEAD_SHARE * self.policy.remaining()))
         self.head_candidate = candidate
         accepted = self._consider(candidate)
         # A network prediction costs a feature pass per TTA view: expect it from now on.

@@ -1,8 +1,12 @@
-"""When to predict and when to stop: predictions spread evenly in the scorer's log-time.
+"""When to predict and when to stop: predictions spread evenly in the scorer's log-time, the
+same way whatever the budget.
 
 The ALC weighs time by 1 / (t + t0): a prediction's x-position is log(1 + t/t0) / log(1 + T/t0).
-Aiming every next prediction `step` further along that axis spreads them evenly where the
-score is counted, so training slices grow geometrically.
+Each next prediction aims at GROWTH times the current 1 + t/t0, so the predictions are evenly
+spaced on that axis for every budget T, and nothing before the end depends on T: up to time t a
+run does the same whatever its budget, apart from stopping (an anytime run). The first t seconds
+of a long run's learning curve are then the curve of a run with budget t, and one run at the
+largest budget is scored at every shorter one (`scoring_local.metrics.alc` drops later points).
 """
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ import time
 from dataclasses import dataclass, field
 
 T0 = 60.0
+# 1 + t/T0 grows by this factor from one prediction to the next: the spacing a 180-s run had
+# when slices were sized from the budget (0.07 of its log-time axis, (1 + 180/60) ** 0.07).
+GROWTH = 4.0 ** 0.07
 
 
 @dataclass
@@ -18,15 +25,11 @@ class TimePolicy:
     """Tracks the budget of one run and sizes each training slice."""
 
     time_budget: float
-    step: float = 0.07             # distance between predictions on the transformed axis
-    safety_seconds: float = 5.0    # kept free at the end of the budget
-    min_slice_seconds: float = 0.0  # 0: 2 % of the budget, at least 3 s
+    growth: float = GROWTH
+    safety_seconds: float = 5.0      # kept free at the end of the budget
+    # Shorter slices spend more on validation and data reading than on training.
+    min_slice_seconds: float = 3.0
     started: float = field(default_factory=time.monotonic)
-
-    def __post_init__(self) -> None:
-        # Shorter slices spend more on validation and data reading than on training.
-        if not self.min_slice_seconds:
-            self.min_slice_seconds = max(3.0, 0.02 * self.time_budget)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -35,15 +38,14 @@ class TimePolicy:
         return self.time_budget - self.elapsed()
 
     def transformed(self, t: float) -> float:
+        """The scorer's x-position of time `t` in this run's budget."""
         return math.log1p(t / T0) / math.log1p(self.time_budget / T0)
 
-    def time_at(self, x: float) -> float:
-        return T0 * math.expm1(x * math.log1p(self.time_budget / T0))
-
     def next_slice(self, test_seconds: float) -> float:
-        """Seconds to train before the next test, so that it lands `step` further along."""
+        """Seconds to train before the next test, so that it lands at GROWTH times the current
+        1 + t/T0 (but not past the end of the budget)."""
         now = self.elapsed()
-        target = self.time_at(min(1.0, self.transformed(now) + self.step))
+        target = T0 * ((1 + now / T0) * self.growth - 1)
         slice_seconds = max(self.min_slice_seconds, target - now - test_seconds)
         return min(slice_seconds, self.remaining() - test_seconds - self.safety_seconds)
 

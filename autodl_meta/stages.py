@@ -30,8 +30,10 @@ from autodl_meta.validation import beats, blend_weights, nauc
 
 logger = logging.getLogger("autodl_meta")
 
-# Share of the remaining budget the head's feature pass over the training examples may take.
-HEAD_SHARE = 0.15
+# Seconds the head's feature pass over the training examples may take (whatever the budget: an
+# anytime run; cifar10 at 32 px embeds 2,048 in 2.5 s), and at most HEAD_SHARE of what remains.
+HEAD_SECONDS = 15.0
+HEAD_SHARE = 0.5
 HEAD_MAX_EXAMPLES = 2048
 PIXEL_MAX_EXAMPLES = 4096
 RECENT_NETWORKS = 2   # network states a blend may average (snapshot averaging)

@@ -22,6 +22,7 @@ COMMANDS = {
                                "meta-dataset"),
     "bench": ("offline.bench", "benchmark the submission through the local harness"),
     "reading": ("offline.reading", "what reading a training set costs, and its class coverage"),
+    "anytime": ("offline.anytime", "check that a long run's prefix scores as a shorter run"),
     "package": ("offline.package", "build the submission zip (make zip)"),
     "weights": ("offline.weights", "copy and check the pretrained weights (make pretrained)"),
 }

@@ -51,9 +51,29 @@ class Evaluation:
     time_mode: str = "wall"
     error: str | None = None
     notes: list[str] = field(default_factory=list)  # what a technique could not do as set
+    accuracies: list[float] = field(default_factory=list)  # of each prediction
+    # Made by an anytime runtime (autodl_meta/policy.py): its prefix up to T' is the run at T'.
+    anytime: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def at_budget(self, budget: float) -> "Evaluation":
+        """The run at a budget up to its own: the predictions made by then, scored at it."""
+        if not self.anytime:
+            raise ValueError("only an anytime run's prefix is a run at a shorter budget")
+        if budget > self.budget:
+            raise ValueError(f"a {self.budget:g}-s run says nothing of {budget:g} s")
+        kept = sum(t <= budget for t in self.timestamps)
+        scores = self.scores[:kept]
+        return Evaluation(
+            dataset=self.dataset, budget=budget, seed=self.seed,
+            alc=alc(self.timestamps[:kept], scores, budget),
+            final_nauc=scores[-1] if scores else 0.0,
+            final_accuracy=self.accuracies[kept - 1] if kept and self.accuracies else 0.0,
+            timestamps=self.timestamps[:kept], scores=scores,
+            wall_seconds=self.wall_seconds, time_mode=self.time_mode, error=self.error,
+            notes=self.notes, accuracies=self.accuracies[:kept], anytime=True)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Evaluation":
@@ -109,7 +129,8 @@ def evaluate(config: TrainConfig, dataset_dir: Path, budget: float, seed: int = 
         final_nauc=scores[-1] if scores else 0.0,
         final_accuracy=accuracies[-1] if accuracies else 0.0,
         timestamps=[round(t, 3) for t in times], scores=[round(s, 6) for s in scores],
-        wall_seconds=time.monotonic() - began, time_mode=time_mode, notes=list(learner.notes))
+        wall_seconds=time.monotonic() - began, time_mode=time_mode, notes=list(learner.notes),
+        accuracies=[round(a, 6) for a in accuracies], anytime=True)
 
 
 def _simulated_time(elapsed: float, learner: Learner, cost_table: CostTable) -> float:

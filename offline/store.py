@@ -100,11 +100,18 @@ class ResultStore:
 
     def get(self, dataset: str, config: TrainConfig, budget: float, seed: int,
             time_mode: str = "wall") -> Evaluation | None:
-        row = self._connection.execute(
-            "SELECT result FROM evaluations WHERE dataset=? AND config_key=? AND budget=? "
-            "AND seed=? AND time_mode=?",
-            (dataset, config_key(config), float(budget), seed, time_mode)).fetchone()
-        return Evaluation.from_dict(json.loads(row[0])) if row else None
+        """The run at `budget`, or the prefix of an anytime run at a larger one."""
+        rows = self._connection.execute(
+            "SELECT result FROM evaluations WHERE dataset=? AND config_key=? AND budget>=? "
+            "AND seed=? AND time_mode=? ORDER BY budget",
+            (dataset, config_key(config), float(budget), seed, time_mode))
+        for (result,) in rows:
+            evaluation = Evaluation.from_dict(json.loads(result))
+            if evaluation.budget == float(budget):
+                return evaluation
+            if evaluation.anytime and not evaluation.error:
+                return evaluation.at_budget(budget)
+        return None
 
     def put(self, config: TrainConfig, evaluation: Evaluation) -> None:
         with self._connection:

@@ -169,3 +169,40 @@ def test_store_rows_with_a_retired_field_are_found_again(tmp_path):
     with ResultStore(store_path) as store:
         assert store.get("smalldigits", SMALL, 30.0, 0).alc == pytest.approx(0.7)
         assert [config for config, _ in store.evaluations()] == [SMALL]
+
+
+def test_an_anytime_run_answers_for_every_shorter_budget(tmp_path):
+    from scoring_local.metrics import alc
+
+    times, scores = [1.0, 10.0, 50.0, 120.0, 170.0], [0.2, 0.5, 0.6, 0.7, 0.8]
+    long_run = Evaluation("smalldigits", 180.0, 0, alc(times, scores, 180), 0.8, 0.9,
+                          timestamps=times, scores=scores,
+                          accuracies=[0.3, 0.5, 0.6, 0.8, 0.9], anytime=True)
+    with ResultStore(tmp_path / "store.sqlite") as store:
+        store.put(SMALL, long_run)
+        at_60 = store.get("smalldigits", SMALL, 60.0, 0)
+        assert at_60.budget == 60.0 and at_60.timestamps == times[:3]
+        assert at_60.alc == pytest.approx(alc(times[:3], scores[:3], 60))
+        assert (at_60.final_nauc, at_60.final_accuracy) == (0.6, 0.6)
+        assert store.get("smalldigits", SMALL, 180.0, 0).alc == pytest.approx(long_run.alc)
+        assert store.get("smalldigits", SMALL, 300.0, 0) is None
+        store.put(GENERALIST, Evaluation("smalldigits", 180.0, 0, 0.5, 0.6, 0.7,
+                                         timestamps=times, scores=scores))
+        assert store.get("smalldigits", GENERALIST, 60.0, 0) is None  # not an anytime run
+    with pytest.raises(ValueError, match="says nothing"):
+        long_run.at_budget(200.0)
+
+
+def test_the_anytime_table_sets_prefixes_beside_real_runs():
+    from offline.anytime import prefix_table
+
+    def run(budget, times, scores):
+        return Evaluation("d", budget, 0, 0.0, scores[-1], 0.0, timestamps=times,
+                          scores=scores, anytime=True)
+
+    runs = {("d", 180.0, 0): run(180.0, [2.0, 30.0, 100.0], [0.5, 0.7, 0.9]),
+            ("d", 60.0, 0): run(60.0, [2.0, 30.0], [0.5, 0.7])}
+    runs["d", 60.0, 0].alc = runs["d", 180.0, 0].at_budget(60.0).alc - 0.01
+    table, records = prefix_table(runs, ["d"], [60.0, 180.0], [0])
+    assert "| d | 60 |" in table and "+0.0100" in table
+    assert records[0]["prefix_alc"][0] == pytest.approx(records[0]["real_alc"][0] + 0.01)

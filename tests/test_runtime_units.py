@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -45,13 +46,23 @@ def test_config_rejects_values_outside_the_search_space(field, value):
 
 
 def test_policy_spreads_predictions_evenly_in_log_time():
-    policy = TimePolicy(time_budget=1200, step=0.1)
+    policy = TimePolicy(time_budget=1200, growth=1.2)
     policy.started -= 60  # pretend one minute has passed
     slice_seconds = policy.next_slice(test_seconds=0)
-    x_now, x_next = policy.transformed(60), policy.transformed(60 + slice_seconds)
-    assert x_next - x_now == pytest.approx(0.1, abs=0.01)
-    assert policy.time_at(policy.transformed(300)) == pytest.approx(300)
-    assert policy.min_slice_seconds == pytest.approx(24)
+    assert (1 + (60 + slice_seconds) / 60) / (1 + 60 / 60) == pytest.approx(1.2, rel=0.01)
+    assert policy.transformed(1200) == pytest.approx(1.0)
+
+
+def test_policy_sizes_slices_the_same_whatever_the_budget():
+    """Anytime: before the end, a 60-s and a 1,200-s run train for the same slices."""
+    short, long = TimePolicy(time_budget=60), TimePolicy(time_budget=1200)
+    for elapsed in (2.0, 10.0, 30.0):
+        short.started = long.started = time.monotonic() - elapsed
+        assert short.next_slice(1.0) == pytest.approx(long.next_slice(1.0), abs=0.01)
+        assert short.can_afford(1.0) and long.can_afford(1.0)
+    short.started = long.started = time.monotonic() - 50
+    assert short.next_slice(1.0) < long.next_slice(1.0)  # stopping: 60 s leave 10
+    assert not short.can_afford(3.0)
 
 
 def test_policy_never_plans_past_the_budget():
