@@ -11,6 +11,7 @@ are kept as JSON files under --results, so an interrupted check resumes.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -58,7 +59,8 @@ def prefix_table(runs: dict[tuple[str, float, int], Evaluation], datasets: Seque
     return markdown_table(header, rows), records
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments (tests parse the README's command lines with it)."""
     parser = command_parser("python -m offline anytime", __doc__)
     parser.add_argument("--datasets", nargs="+", default=list(DEFAULT_DATASETS),
                         help="prepared dataset names under --data-dir")
@@ -73,6 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown table to write")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write the rows as JSON here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging()
     if len(args.budgets) < 2:
