@@ -47,6 +47,7 @@ from autodl_meta.stages import (HEAD_SECONDS, HEAD_SHARE, Blend, Candidate, Fine
 from autodl_meta.techniques import GraphRefinement
 from autodl_meta.trainer import Trainer, pick_device, usable_cores
 from autodl_meta.validation import nauc
+from autodl_meta.zeroshot import meta_features
 
 logger = logging.getLogger("autodl_meta")
 
@@ -75,6 +76,16 @@ VALIDATION_SLICE_FACTOR = 4  # a slice trains at least this many times its valid
 TEST_SLICE_FACTOR = 2        # ... and this many times a network test pass (up to the time
                              # elapsed: early predictions weigh most)
 READ_AHEAD = 2               # decoded examples per example that training draws
+
+
+class Selection(enum.Enum):
+    """How a run's config is chosen."""
+
+    FORCED = "forced"            # the caller passed one
+    OFF = "off"                  # META_LEARNING_ENV switched meta-learning off: the generalist
+    ZERO_SHOT = "zero-shot"      # metadata/zeroshot.json, from the metadata's meta-features
+    FINGERPRINT = "fingerprint"  # the meta-classifier on a fingerprinted sample of records
+    GENERALIST = "generalist"    # metadata/ ships no selector
 
 
 class Phase(enum.Enum):
@@ -125,15 +136,14 @@ class Learner:
         self.errors = ErrorLog()
         self.record_path = run_record_path()
         self.meta = MetaData() if config is not None else self._load_metadata(metadata_dir)
-        self.fingerprinter: Fingerprinter | None = None
-        self.selection_reason = "forced config" if config is not None else "generalist"
-        if config is None and self.meta.selector is not None:
-            if meta_learning_enabled():
-                self.fingerprinter = Fingerprinter(self.in_channels, self.device)
-            else:
-                self.selection_reason = f"meta-learning switched off ({META_LEARNING_ENV})"
-                logger.info("meta-learning switched off (%s): generalist config",
-                            META_LEARNING_ENV)
+        self.selection = self._selection(config)
+        self.fingerprinter = (Fingerprinter(self.in_channels, self.device)
+                              if self.selection is Selection.FINGERPRINT else None)
+        self.selection_reason = {Selection.FORCED: "forced config",
+                                 Selection.OFF: f"meta-learning switched off ({META_LEARNING_ENV})"
+                                 }.get(self.selection, "generalist")
+        if self.selection is Selection.OFF:
+            logger.info("meta-learning switched off (%s): generalist config", META_LEARNING_ENV)
         self.selected: str | None = None
         self.config = self._usable(config or self.meta.generalist)
         self.resolution = effective_resolution(metadata, self.config.resolution)
@@ -168,6 +178,15 @@ class Learner:
         # What a technique could not do as configured (too slow, unsuitable data): logged and
         # kept, so that a benchmark can report it beside the score.
         self.notes: list[str] = self.record.notes
+
+    def _selection(self, config: TrainConfig | None) -> Selection:
+        if config is not None:
+            return Selection.FORCED
+        if self.meta.zeroshot is None and self.meta.selector is None:
+            return Selection.GENERALIST
+        if not meta_learning_enabled():
+            return Selection.OFF
+        return Selection.ZERO_SHOT if self.meta.zeroshot is not None else Selection.FINGERPRINT
 
     @staticmethod
     def _load_metadata(folder: Path) -> MetaData:
@@ -319,8 +338,11 @@ class Learner:
         return min(seconds, max(0.1, 0.1 * self.policy.remaining()))
 
     def _choose_config(self, reader: RecordReader) -> None:
-        """The config of the known dataset the fingerprint of a random sample resembles."""
-        if self.meta.configs and not self.meta.serves(self.policy.time_budget):
+        """The zero-shot selector's config for this dataset and budget, or the config of the
+        known dataset the fingerprint of a random sample resembles."""
+        if self.selection is Selection.ZERO_SHOT:
+            self._select_zero_shot()
+        elif self.meta.configs and not self.meta.serves(self.policy.time_budget):
             # Configs tuned for another budget can do worse than the default (measured: 30-s
             # configs on moving_mnist at 300 s); they wait for a search at this scale.
             self.config = self._usable(GENERALIST)
@@ -328,7 +350,7 @@ class Learner:
                                      f"run of {self.policy.time_budget:.0f} s: default config")
             logger.info("metadata/ configs were tuned for a %.0f s budget, this run has %.0f s: "
                         "default config", self.meta.tuned_budget, self.policy.time_budget)
-        elif self.fingerprinter is not None:
+        elif self.selection is Selection.FINGERPRINT:
             self._select_config(reader)
         self.resolution = effective_resolution(self.metadata, self.config.resolution)
         self.frames = self.config.test_frames if self.is_video else 1
@@ -340,6 +362,23 @@ class Learner:
         logger.info("backbone %s at %d px on %s, %d classes, %s", self.config.backbone,
                     self.resolution, self.device, self.output_dim,
                     "video" if self.is_video else "images")
+
+    def _select_zero_shot(self) -> None:
+        budget = self.policy.time_budget
+        try:
+            features = meta_features(self.metadata)
+            name, scores = self.meta.zeroshot.select(features, budget)
+        except Exception as err:  # noqa: BLE001 - the generalist is always a safe answer
+            self.errors.report("zero-shot selection", err)
+            self.selection_reason = "zero-shot selection failed: generalist config"
+            return
+        trained_at = self.meta.zeroshot.model_for(budget).budget
+        self.selected = name
+        self.selection_reason = f"zero-shot, the selector of {trained_at:g} s"
+        self.config = self._usable(self.meta.zeroshot.configs[name])
+        self.record.selection = {"zero_shot": name, "trained_at": trained_at,
+                                 "scores": [round(float(v), 4) for v in scores]}
+        logger.info("zero-shot: %s (selector of %g s, run of %.0f s)", name, trained_at, budget)
 
     def _select_config(self, reader: RecordReader) -> None:
         began = time.monotonic()

@@ -5,6 +5,8 @@
                               the time budget the configs were tuned for
     metadata/selector.npz     the meta-classifier (autodl_meta.selector)
     metadata/provenance.json  how the files were made: datasets, commands, commit, date, scale
+    metadata/zeroshot.json    the portfolio and its zero-shot selector (autodl_meta.zeroshot),
+                              which serves every budget; optional
 
 Every error names the file and the field at fault. A folder without configs.json means "no
 meta-learning": the runtime then uses the generalist config.
@@ -24,6 +26,7 @@ BUDGET_FACTOR = 3.0
 from autodl_meta.fingerprint import (FINGERPRINT_BACKBONE, FINGERPRINT_BATCH,
                                      FINGERPRINT_RESOLUTION)
 from autodl_meta.selector import MetaClassifier, SelectorError, load_selector
+from autodl_meta.zeroshot import ZEROSHOT_FILE, ZeroShotError, ZeroShotSelector
 
 METADATA_DIR = Path(__file__).resolve().parents[1] / "metadata"
 CONFIGS_FILE = "configs.json"
@@ -51,6 +54,7 @@ class MetaData:
     selector: MetaClassifier | None = None
     min_confidence: float = 0.0
     tuned_budget: float = 1200.0  # seconds: the time budget the configs were tuned for
+    zeroshot: ZeroShotSelector | None = None
 
     def serves(self, time_budget: float) -> bool:
         """Whether the meta-learned configs were tuned for a budget close to `time_budget`."""
@@ -58,7 +62,9 @@ class MetaData:
 
     def backbones(self) -> set[str]:
         """The backbones a run with this metadata can fine-tune."""
-        return {self.generalist.backbone, *(config.backbone for config in self.configs.values())}
+        portfolio = self.zeroshot.configs.values() if self.zeroshot else ()
+        return {self.generalist.backbone,
+                *(config.backbone for config in [*self.configs.values(), *portfolio])}
 
     def to_json(self) -> dict[str, Any]:
         """The contents of configs.json."""
@@ -69,9 +75,15 @@ class MetaData:
     @classmethod
     def load(cls, folder: Path = METADATA_DIR) -> "MetaData":
         """Read and validate `folder`; no configs.json gives the generalist alone."""
+        zeroshot = None
+        if (folder / ZEROSHOT_FILE).is_file():
+            try:
+                zeroshot = ZeroShotSelector.load(folder / ZEROSHOT_FILE)
+            except ZeroShotError as err:
+                raise MetadataError(str(err)) from err
         path = folder / CONFIGS_FILE
         if not path.is_file():
-            return cls()
+            return cls(zeroshot=zeroshot)
         values = _read_json(path)
         for name in ("generalist", "min_confidence", "tuned_budget", "fingerprint", "datasets"):
             if name not in values:
@@ -106,7 +118,8 @@ class MetaData:
             if missing:
                 raise MetadataError(f"{path}: field 'datasets' has no config for {missing}, "
                                     f"which {selector_path} can select")
-        return cls(generalist, configs, selector, float(confidence), float(tuned_budget))
+        return cls(generalist, configs, selector, float(confidence), float(tuned_budget),
+                   zeroshot)
 
 
 def read_provenance(folder: Path = METADATA_DIR) -> dict[str, Any]:

@@ -14,6 +14,8 @@ COMMANDS = {
                                        "incumbents and diversified ones"),
     "selector": ("offline.selector", "fingerprint the known datasets, train and compare the "
                                      "meta-classifiers"),
+    "zeroshot": ("offline.zeroshot", "the zero-shot selector on the portfolio's matrix: "
+                                     "leave-one-source-out report, metadata/zeroshot.json"),
     "export": ("offline.export", "write metadata/ from the store and the selector"),
     "report": ("offline.report", "plots and a markdown summary in reports/"),
     "techniques": ("offline.techniques", "low-data techniques against plain cross-entropy"),

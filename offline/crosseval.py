@@ -73,7 +73,8 @@ def cross_evaluate(store: ResultStore, client, data_dir: Path, datasets: Sequenc
     `datasets`; return their ALC matrix."""
     configs = configs or candidate_configs(store)
     threads = threads_per_task(client)
-    todo = [(config, dataset, seed) for config in configs.values() for dataset in datasets
+    # Dataset by dataset: an interrupted matrix holds whole columns, which a selector can use.
+    todo = [(config, dataset, seed) for dataset in datasets for config in configs.values()
             for seed in seeds if store.get(dataset, config, budget, seed, time_mode) is None]
     logger.info("%d configs x %d datasets x %d seeds: %d evaluations to run", len(configs),
                 len(datasets), len(seeds), len(todo))

@@ -128,6 +128,11 @@ class ResultStore:
         return [(stored_config(config),
                  Evaluation.from_dict(json.loads(result))) for config, result in rows]
 
+    def datasets(self) -> list[str]:
+        """The datasets and tasks any evaluation was made on."""
+        rows = self._connection.execute("SELECT DISTINCT dataset FROM evaluations ORDER BY 1")
+        return [dataset for (dataset,) in rows]
+
     def set_incumbent(self, incumbent: Incumbent) -> None:
         with self._connection:
             self._connection.execute(

@@ -1,0 +1,194 @@
+"""Zero-shot config choice: a portfolio config picked from what the metadata says of a dataset.
+
+    metadata/zeroshot.json   the portfolio, and per time budget a model that scores its configs
+
+A dataset's meta-features (`meta_features`) are read from the metadata the platform hands to
+`Model(metadata)`: classes, training examples, examples per class, image side, channels, frames.
+No record is read and nothing is fingerprinted, so the choice costs microseconds and the first
+prediction waits for nothing. The models are trained offline on the meta-dataset's matrix (every
+portfolio config on every task, `python -m offline zeroshot`): each predicts, for every config,
+its ALC relative to the mean ALC of all configs on the task (a task's difficulty is the same for
+every config, so only the relative part says which one to run). Two kinds:
+
+- `linear`: ridge regression per config on the standardised meta-features;
+- `nearest`: the mean relative ALC of the `k` training tasks nearest in standardised
+  meta-features.
+
+A run uses the model of the budget nearest its own on a log scale (the anytime runtime makes a
+long run's first T' seconds the run at T', so every budget up to the largest is measured). The
+file is validated on load; every error names the file and the field.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autodl_meta.config import ConfigError, TrainConfig
+
+FORMAT_VERSION = 1
+ZEROSHOT_FILE = "zeroshot.json"
+KINDS = ("linear", "nearest")
+FEATURES = ("log_classes", "log_train_examples", "log_examples_per_class", "log_side",
+            "channels", "log_frames")
+# Variable-size images and clips declare -1: these stand in for a side or a length not given
+# (a photo at its usual size, a short clip).
+UNKNOWN_SIDE = 256
+UNKNOWN_FRAMES = 16
+STD_FLOOR = 1e-6  # a feature constant over the training tasks is only centred
+
+
+class ZeroShotError(ValueError):
+    """metadata/zeroshot.json is invalid; the message names the file and the field."""
+
+
+def meta_features(metadata: Any) -> np.ndarray:
+    """The FEATURES of the dataset an AutoDL metadata object describes."""
+    classes = max(1, int(metadata.get_output_size()))
+    examples = max(1, int(metadata.size()))
+    rows, cols = metadata.get_matrix_size()
+    side = max(rows, cols) if rows > 0 and cols > 0 else UNKNOWN_SIDE
+    channels = metadata.get_num_channels()
+    frames = metadata.get_sequence_size()
+    frames = frames if frames > 0 else UNKNOWN_FRAMES
+    return np.array([math.log(classes), math.log(examples), math.log(examples / classes),
+                     math.log(side), 3.0 if channels == 3 else 1.0, math.log(frames)])
+
+
+@dataclass
+class BudgetModel:
+    """Scores every portfolio config from standardised meta-features, for one time budget."""
+
+    budget: float
+    kind: str
+    mean: np.ndarray           # features: the training tasks' mean and std
+    scale: np.ndarray
+    weights: np.ndarray        # linear: configs x features; nearest: training tasks x features
+    bias: np.ndarray           # linear: configs; nearest: training tasks x configs (relative ALC)
+    neighbours: int = 0        # nearest: k
+
+    def standardise(self, features: np.ndarray) -> np.ndarray:
+        return (np.asarray(features, dtype=float) - self.mean) / self.scale
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """Predicted relative ALC of each config on a dataset with these meta-features."""
+        x = self.standardise(features)
+        if self.kind == "linear":
+            return self.weights @ x + self.bias
+        distances = np.linalg.norm(self.weights - x, axis=1)
+        nearest = np.argsort(distances, kind="stable")[:self.neighbours]
+        return self.bias[nearest].mean(axis=0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"budget": self.budget, "kind": self.kind, "neighbours": self.neighbours,
+                "mean": self.mean.tolist(), "scale": self.scale.tolist(),
+                "weights": self.weights.tolist(), "bias": self.bias.tolist()}
+
+
+@dataclass
+class ZeroShotSelector:
+    """The portfolio and one scoring model per budget it was trained at."""
+
+    configs: dict[str, TrainConfig]
+    models: list[BudgetModel]
+
+    def model_for(self, budget: float) -> BudgetModel:
+        """The model trained at the budget nearest `budget` on a log scale."""
+        return min(self.models, key=lambda model: abs(math.log(model.budget / max(budget, 1.0))))
+
+    def select(self, features: np.ndarray, budget: float) -> tuple[str, np.ndarray]:
+        """The name of the config with the best predicted ALC, and every config's score."""
+        scores = self.model_for(budget).scores(features)
+        return list(self.configs)[int(np.argmax(scores))], scores
+
+    @property
+    def largest_budget(self) -> float:
+        return max(model.budget for model in self.models)
+
+    def to_json(self, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, "features": list(FEATURES),
+                "configs": {name: config.to_dict() for name, config in self.configs.items()},
+                "models": [model.to_json() for model in self.models],
+                "provenance": provenance or {}}
+
+    def save(self, path: Path, provenance: dict[str, Any] | None = None) -> None:
+        path.write_text(json.dumps(self.to_json(provenance), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "ZeroShotSelector":
+        try:
+            values = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ZeroShotError(f"{path}: cannot be read as JSON: {err}") from err
+        if not isinstance(values, dict):
+            raise ZeroShotError(f"{path}: expected a JSON object")
+        for name in ("format_version", "features", "configs", "models"):
+            if name not in values:
+                raise ZeroShotError(f"{path}: missing field '{name}'")
+        if values["format_version"] != FORMAT_VERSION:
+            raise ZeroShotError(f"{path}: field 'format_version' is {values['format_version']!r},"
+                                f" this runtime reads {FORMAT_VERSION}")
+        if values["features"] != list(FEATURES):
+            raise ZeroShotError(f"{path}: field 'features' is {values['features']}, but this "
+                                f"runtime computes {list(FEATURES)}")
+        if not isinstance(values["configs"], dict) or not values["configs"]:
+            raise ZeroShotError(f"{path}: field 'configs' must be a non-empty object")
+        try:
+            configs = {name: TrainConfig.from_dict(config, f"{path}: configs.{name}")
+                       for name, config in values["configs"].items()}
+        except (ConfigError, TypeError) as err:
+            raise ZeroShotError(str(err)) from err
+        if not isinstance(values["models"], list) or not values["models"]:
+            raise ZeroShotError(f"{path}: field 'models' must be a non-empty list")
+        models = [_load_model(path, f"models[{i}]", model, len(configs))
+                  for i, model in enumerate(values["models"])]
+        return cls(configs, models)
+
+
+def _load_model(path: Path, where: str, values: Any, config_count: int) -> BudgetModel:
+    def fail(field: str, why: str) -> ZeroShotError:
+        return ZeroShotError(f"{path}: field '{where}.{field}' {why}")
+
+    if not isinstance(values, dict):
+        raise ZeroShotError(f"{path}: field '{where}' must be an object")
+    for name in ("budget", "kind", "neighbours", "mean", "scale", "weights", "bias"):
+        if name not in values:
+            raise fail(name, "is missing")
+    budget, kind, neighbours = values["budget"], values["kind"], values["neighbours"]
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
+        raise fail("budget", "must be a positive number of seconds")
+    if kind not in KINDS:
+        raise fail("kind", f"must be one of {KINDS}, got {kind!r}")
+    arrays = {}
+    for name in ("mean", "scale", "weights", "bias"):
+        try:
+            arrays[name] = np.asarray(values[name], dtype=float)
+        except (TypeError, ValueError) as err:
+            raise fail(name, f"must be numbers: {err}") from None
+        if not np.isfinite(arrays[name]).all():
+            raise fail(name, "must be finite")
+    width = len(FEATURES)
+    if arrays["mean"].shape != (width,):
+        raise fail("mean", f"must hold {width} numbers")
+    if arrays["scale"].shape != (width,) or (arrays["scale"] <= 0).any():
+        raise fail("scale", f"must hold {width} positive numbers")
+    weights, bias = arrays["weights"], arrays["bias"]
+    if kind == "linear":
+        if weights.shape != (config_count, width):
+            raise fail("weights", f"must be {config_count} x {width} (configs x features)")
+        if bias.shape != (config_count,):
+            raise fail("bias", f"must hold {config_count} numbers (one per config)")
+    else:
+        if weights.ndim != 2 or weights.shape[1] != width or len(weights) == 0:
+            raise fail("weights", f"must be tasks x {width} (the training tasks' features)")
+        if bias.shape != (len(weights), config_count):
+            raise fail("bias", f"must be {len(weights)} x {config_count} (tasks x configs)")
+        if isinstance(neighbours, bool) or not isinstance(neighbours, int) \
+                or not 1 <= neighbours <= len(weights):
+            raise fail("neighbours", f"must be an integer in [1, {len(weights)}]")
+    return BudgetModel(float(budget), kind, arrays["mean"], arrays["scale"], weights, bias,
+                       int(neighbours))

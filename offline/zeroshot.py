@@ -1,0 +1,273 @@
+"""Zero-shot config choice: trained on the meta-dataset's matrix, judged leave-one-source-out.
+
+    python -m offline zeroshot --portfolio results/portfolio.json --budgets 30 60 180 \
+        --time simulated [--datasets ...] [--export metadata/]
+
+Reads from the store the ALC of every portfolio config on every task (the matrix that
+`python -m offline crosseval --portfolio` fills; an anytime run at the largest budget answers
+every shorter one) and each task's meta-features from its metadata (autodl_meta/zeroshot.py).
+Tasks still missing a config are left out. Each selector kind is judged leave-one-source-out: a
+source dataset and every task derived from it (`cifar10`, `cifar10__n10`, ...) are held out
+together, the selector is trained on the rest (its own hyper-parameter chosen by the same
+leave-one-source-out inside the training sources) and picks a config for each held-out task.
+Beside it, on the same held-out tasks: the generalist (the single config with the best mean
+ALC over the training tasks), the oracle (each task's best config) and the default config.
+
+Writes reports/lodo.json and reports/lodo.md; with `--export`, trains the `--export-kind`
+selector on every task, for every budget, and writes `zeroshot.json` into that folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autodl_meta.config import TrainConfig
+from autodl_meta.zeroshot import (FEATURES, KINDS, STD_FLOOR, ZEROSHOT_FILE, BudgetModel,
+                                  ZeroShotSelector, meta_features)
+from ingestion_local import AutoDLDataset
+from offline.cli import add_store_arguments, command_parser, emit_table, setup_logging
+from offline.evaluate import TIME_MODES, dataset_paths
+from offline.export import git_commit
+from offline.portfolio import DEFAULT_PORTFOLIO, load_portfolio
+from offline.store import REPO_ROOT, ResultStore, alc_matrix
+from offline.tables import markdown_table
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_REPORT = REPO_ROOT / "reports" / "lodo.json"
+DEFAULT_CONFIG = "default"
+# Hyper-parameter grids, strongest regularisation first (ties go to it): the ridge penalty in
+# units of the training tasks, and the number of neighbours averaged.
+GRIDS = {"linear": (100.0, 30.0, 10.0, 3.0, 1.0), "nearest": (12, 8, 5, 3, 1)}
+
+
+def source_of(task: str) -> str:
+    """The prepared dataset a task was derived from (`python -m offline tasks` names)."""
+    return task.split("__", 1)[0]
+
+
+def task_features(data_dir: Path, tasks: Sequence[str]) -> np.ndarray:
+    """Meta-features of each task (tasks x FEATURES), from its training set's metadata."""
+    rows = []
+    for task in tasks:
+        _, data, _ = dataset_paths(data_dir / task)
+        rows.append(meta_features(AutoDLDataset(data / "train").get_metadata()))
+    return np.array(rows)
+
+
+def relative(alc: np.ndarray) -> np.ndarray:
+    """Each task's ALC of each config minus the task's mean over configs (tasks x configs)."""
+    return alc - alc.mean(axis=1, keepdims=True)
+
+
+def fit(kind: str, features: np.ndarray, alc: np.ndarray, budget: float,
+        strength: float) -> BudgetModel:
+    """A `kind` model on training tasks' features (tasks x FEATURES) and ALC (tasks x configs);
+    `strength` is the ridge penalty (per training task) or the number of neighbours."""
+    mean = features.mean(axis=0)
+    scale = np.maximum(features.std(axis=0), STD_FLOOR)
+    x = (features - mean) / scale
+    y = relative(alc)
+    if kind == "linear":
+        penalty = strength * len(x) * np.eye(x.shape[1])
+        centred = y - y.mean(axis=0)
+        weights = np.linalg.solve(x.T @ x + penalty, x.T @ centred).T
+        return BudgetModel(budget, kind, mean, scale, weights, y.mean(axis=0))
+    neighbours = int(min(strength, len(x)))
+    return BudgetModel(budget, kind, mean, scale, x, y, neighbours)
+
+
+def _leave_one_group_out(features: np.ndarray, alc: np.ndarray, groups: Sequence[str],
+                         train: Callable[[np.ndarray, np.ndarray, list[str]], BudgetModel]
+                         ) -> np.ndarray:
+    """Each task's chosen config index, by a model trained on the other groups' tasks."""
+    groups = np.asarray(groups)
+    chosen = np.zeros(len(features), dtype=int)
+    for group in np.unique(groups):
+        held = groups == group
+        model = train(features[~held], alc[~held], list(groups[~held]))
+        chosen[held] = [int(np.argmax(model.scores(row))) for row in features[held]]
+    return chosen
+
+
+def choose_strength(kind: str, features: np.ndarray, alc: np.ndarray, groups: Sequence[str],
+                    budget: float) -> float:
+    """The grid value with the best leave-one-group-out mean ALC on these tasks."""
+    if len(set(groups)) < 2:
+        return GRIDS[kind][0]
+    rows = np.arange(len(features))
+    best, best_score = GRIDS[kind][0], -np.inf
+    for strength in GRIDS[kind]:
+        chosen = _leave_one_group_out(features, alc, groups,
+                                      lambda x, y, _: fit(kind, x, y, budget, strength))
+        score = alc[rows, chosen].mean()
+        if score > best_score + 1e-12:
+            best, best_score = strength, score
+    return best
+
+
+def train_selector(kind: str, features: np.ndarray, alc: np.ndarray, groups: Sequence[str],
+                   budget: float) -> BudgetModel:
+    """A model with its strength chosen leave-one-group-out on the same tasks."""
+    strength = choose_strength(kind, features, alc, groups, budget)
+    return fit(kind, features, alc, budget, strength)
+
+
+def leave_one_source_out(kind: str, tasks: Sequence[str], configs: Sequence[str],
+                         features: np.ndarray, alc: np.ndarray, budget: float
+                         ) -> dict[str, Any]:
+    """Selected, generalist, oracle and default ALC per held-out task, and their means."""
+    sources = [source_of(task) for task in tasks]
+    rows = np.arange(len(tasks))
+    generalist = np.zeros(len(tasks), dtype=int)
+    for source in sorted(set(sources)):
+        held = np.array([s == source for s in sources])
+        generalist[held] = int(np.argmax(alc[~held].mean(axis=0)))
+    selected = _leave_one_group_out(
+        features, alc, sources, lambda x, y, groups: train_selector(kind, x, y, groups, budget))
+    default = list(configs).index(DEFAULT_CONFIG) if DEFAULT_CONFIG in configs else None
+    per_task = [{"task": task, "source": source, "selected": configs[selected[i]],
+                 "selected_alc": round(float(alc[i, selected[i]]), 4),
+                 "generalist": configs[generalist[i]],
+                 "generalist_alc": round(float(alc[i, generalist[i]]), 4),
+                 "oracle": configs[int(np.argmax(alc[i]))],
+                 "oracle_alc": round(float(alc[i].max()), 4)}
+                for i, (task, source) in enumerate(zip(tasks, sources))]
+    summary = {
+        "selector_kind": kind, "tasks": len(tasks), "sources": len(set(sources)),
+        "configs": len(configs),
+        "selected": float(alc[rows, selected].mean()),
+        "generalist": float(alc[rows, generalist].mean()),
+        "oracle": float(alc.max(axis=1).mean()),
+        "default": float(alc[:, default].mean()) if default is not None else None,
+    }
+    summary["selected_over_generalist"] = summary["selected"] / summary["generalist"]
+    summary["oracle_over_generalist"] = summary["oracle"] / summary["generalist"]
+    return {**summary, "per_task": per_task}
+
+
+def complete_matrix(store: ResultStore, configs: dict[str, TrainConfig], tasks: Sequence[str],
+                    budget: float, time_mode: str) -> tuple[list[str], np.ndarray]:
+    """The tasks every config was run on at `budget`, and their ALC (tasks x configs)."""
+    matrix = alc_matrix(store, configs, tasks, budget, (0,), time_mode).T
+    complete = np.isfinite(matrix).all(axis=1)
+    missing = [task for task, done in zip(tasks, complete) if not done]
+    if missing:
+        logger.info("%g s: %d of %d tasks lack a config, left out: %s", budget, len(missing),
+                    len(tasks), " ".join(missing))
+    return [task for task, done in zip(tasks, complete) if done], matrix[complete]
+
+
+def lodo_report(store: ResultStore, data_dir: Path, configs: dict[str, TrainConfig],
+                tasks: Sequence[str], budgets: Sequence[float], kinds: Sequence[str],
+                time_mode: str) -> dict[str, Any]:
+    """Leave-one-source-out results of every kind at every budget."""
+    report: dict[str, Any] = {"features": list(FEATURES), "configs": list(configs),
+                              "time_mode": time_mode, "budgets": {}}
+    for budget in budgets:
+        done, alc = complete_matrix(store, configs, tasks, budget, time_mode)
+        if len({source_of(task) for task in done}) < 3:
+            logger.warning("%g s: %d complete tasks from fewer than 3 sources: no report",
+                           budget, len(done))
+            continue
+        features = task_features(data_dir, done)
+        report["budgets"][f"{budget:g}"] = {
+            kind: leave_one_source_out(kind, done, list(configs), features, alc, budget)
+            for kind in kinds}
+    return report
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    rows = []
+    for budget, kinds in report["budgets"].items():
+        for kind, result in kinds.items():
+            rows.append([budget, kind, result["tasks"], result["sources"], result["configs"],
+                         f"{result['selected']:.4f}", f"{result['generalist']:.4f}",
+                         f"{result['oracle']:.4f}",
+                         "-" if result["default"] is None else f"{result['default']:.4f}",
+                         f"{result['selected_over_generalist']:.3f}",
+                         f"{result['oracle_over_generalist']:.3f}"])
+    return markdown_table(["budget (s)", "selector", "tasks", "sources", "configs", "selected",
+                           "generalist", "oracle", "default", "selected / generalist",
+                           "oracle / generalist"], rows)
+
+
+def export_selector(store: ResultStore, data_dir: Path, configs: dict[str, TrainConfig],
+                    tasks: Sequence[str], budgets: Sequence[float], kind: str, time_mode: str,
+                    out: Path, provenance: dict[str, Any]) -> ZeroShotSelector:
+    """Train `kind` on every complete task at every budget; write and reload `out`."""
+    models = []
+    for budget in budgets:
+        done, alc = complete_matrix(store, configs, tasks, budget, time_mode)
+        if not done:
+            continue
+        features = task_features(data_dir, done)
+        models.append(train_selector(kind, features, alc, [source_of(t) for t in done], budget))
+    if not models:
+        raise SystemExit(f"{store.path}: no budget has a complete task to train on")
+    selector = ZeroShotSelector(dict(configs), models)
+    out.mkdir(parents=True, exist_ok=True)
+    selector.save(out / ZEROSHOT_FILE, provenance)
+    return ZeroShotSelector.load(out / ZEROSHOT_FILE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments (tests parse the README's command lines with it)."""
+    parser = command_parser("python -m offline zeroshot", __doc__)
+    add_store_arguments(parser)
+    parser.add_argument("--portfolio", type=Path, default=DEFAULT_PORTFOLIO,
+                        help="the configs of the matrix (python -m offline portfolio)")
+    parser.add_argument("--datasets", nargs="+", default=None,
+                        help="tasks of the matrix (default: every dataset the store holds)")
+    parser.add_argument("--budgets", type=float, nargs="+", default=[30.0, 60.0, 180.0],
+                        help="budgets to judge and train at, seconds")
+    parser.add_argument("--time", choices=TIME_MODES, default="simulated", dest="time_mode",
+                        help="which of the store's rows: wall-clock or simulated time")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS),
+                        help="selector kinds judged")
+    parser.add_argument("--report", type=Path, default=DEFAULT_REPORT,
+                        help="the JSON report; the markdown table goes beside it (.md)")
+    parser.add_argument("--export", type=Path, default=None,
+                        help="also train on every task and write zeroshot.json into this "
+                             "folder (metadata/ to ship it)")
+    parser.add_argument("--export-kind", choices=KINDS, default="linear",
+                        help="the kind --export trains")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging()
+    configs = load_portfolio(args.portfolio)
+    provenance = {"command": "python -m offline zeroshot " + " ".join(argv or sys.argv[1:]),
+                  "git_commit": git_commit(), "store": str(args.store),
+                  "portfolio": str(args.portfolio),
+                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    with ResultStore(args.store) as store:
+        tasks = args.datasets or store.datasets()
+        report = lodo_report(store, args.data_dir, configs, tasks, args.budgets, args.kinds,
+                             args.time_mode)
+        report["provenance"] = provenance
+        if args.export:
+            selector = export_selector(store, args.data_dir, configs, tasks, args.budgets,
+                                       args.export_kind, args.time_mode, args.export,
+                                       provenance)
+            logger.info("wrote %s: %s models at %s s", args.export / ZEROSHOT_FILE,
+                        args.export_kind, ", ".join(f"{m.budget:g}" for m in selector.models))
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(report, indent=1) + "\n")
+    emit_table(markdown_report(report), args.report.with_suffix(".md"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

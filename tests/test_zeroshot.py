@@ -1,0 +1,204 @@
+"""The zero-shot selector: meta-features from the metadata, models that pick a config, a file
+validated on load, leave-one-source-out that never trains on the held-out source, and a runtime
+that serves every budget with it."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from autodl_meta.config import GENERALIST
+from autodl_meta.zeroshot import (FEATURES, ZEROSHOT_FILE, ZeroShotError, ZeroShotSelector,
+                                  meta_features)
+from offline import zeroshot
+from offline.evaluate import Evaluation
+from offline.portfolio import save_portfolio
+from offline.store import ResultStore
+
+CONFIGS = {"default": GENERALIST, "small": replace(GENERALIST, resolution=32),
+           "large": replace(GENERALIST, resolution=128)}
+
+
+class FakeMetadata:
+    def __init__(self, classes=10, size=1000, side=(28, 28), channels=1, frames=1):
+        self.classes, self.count, self.side = classes, size, side
+        self.channels, self.frames = channels, frames
+
+    def get_output_size(self):
+        return self.classes
+
+    def size(self):
+        return self.count
+
+    def get_matrix_size(self):
+        return self.side
+
+    def get_num_channels(self):
+        return self.channels
+
+    def get_sequence_size(self):
+        return self.frames
+
+
+def test_meta_features_read_the_metadata_and_stand_in_for_unknown_sizes():
+    features = meta_features(FakeMetadata(classes=10, size=1000, side=(28, 32), channels=3,
+                                          frames=8))
+    assert features.shape == (len(FEATURES),)
+    assert np.allclose(features, [math.log(10), math.log(1000), math.log(100), math.log(32), 3,
+                                  math.log(8)])
+    variable = meta_features(FakeMetadata(side=(-1, -1), frames=-1, channels=-1))
+    assert variable[3] == math.log(256) and variable[5] == math.log(16) and variable[4] == 1
+
+
+def matrix_where_resolution_decides(sides):
+    """ALC of (default, small, large) on tasks of these image sides: small images want 32 px,
+    large ones 128 px, the default is second everywhere."""
+    alc = []
+    for side in sides:
+        large = side >= 64
+        alc.append([0.60, 0.50 if large else 0.70, 0.72 if large else 0.45])
+    return np.array(alc)
+
+
+def features_of(sides):
+    return np.array([meta_features(FakeMetadata(side=(s, s))) for s in sides])
+
+
+@pytest.mark.parametrize("kind", ["linear", "nearest"])
+def test_a_selector_learns_which_config_wins_where(kind):
+    sides = [16, 24, 28, 32, 96, 128, 160, 224]
+    model = zeroshot.fit(kind, features_of(sides), matrix_where_resolution_decides(sides), 60.0,
+                         zeroshot.GRIDS[kind][-2])
+    names = list(CONFIGS)
+    assert names[int(np.argmax(model.scores(features_of([20])[0])))] == "small"
+    assert names[int(np.argmax(model.scores(features_of([200])[0])))] == "large"
+
+
+def test_leave_one_source_out_beats_the_single_best_config_when_features_decide():
+    sides = [16, 20, 24, 28, 32, 96, 128, 160, 192, 224]
+    tasks = [f"s{i}" if i % 2 else f"s{i - 1}__coarse" for i in range(1, len(sides) + 1)]
+    result = zeroshot.leave_one_source_out("nearest", tasks, list(CONFIGS), features_of(sides),
+                                           matrix_where_resolution_decides(sides), 60.0)
+    assert result["sources"] == 5 and result["tasks"] == 10 and result["configs"] == 3
+    assert result["selected"] > result["generalist"]
+    assert result["oracle"] >= result["selected"] and result["default"] == pytest.approx(0.60)
+
+
+def test_the_held_out_source_is_never_in_the_training():
+    trained_on = []
+    original = zeroshot.fit
+
+    def spy(kind, features, alc, budget, strength):
+        trained_on.append({tuple(np.round(row, 6)) for row in features})
+        return original(kind, features, alc, budget, strength)
+
+    sides = [16, 24, 96, 160]
+    tasks = ["a", "a__r8", "b", "b__r8"]
+    features = features_of(sides)
+    zeroshot.fit = spy
+    try:
+        zeroshot.leave_one_source_out("linear", tasks, list(CONFIGS), features,
+                                      matrix_where_resolution_decides(sides), 60.0)
+    finally:
+        zeroshot.fit = original
+    rows_a = {tuple(np.round(row, 6)) for row in features[:2]}
+    rows_b = {tuple(np.round(row, 6)) for row in features[2:]}
+    # every model trained saw one source only (with two sources, none of the other's rows)
+    assert trained_on and all(seen <= rows_a or seen <= rows_b for seen in trained_on)
+
+
+def selector_file(tmp_path, budgets=(30.0, 180.0)):
+    sides = [16, 24, 28, 32, 96, 128, 160, 224]
+    models = [zeroshot.fit("linear", features_of(sides), matrix_where_resolution_decides(sides),
+                           budget, 1.0) for budget in budgets]
+    ZeroShotSelector(CONFIGS, models).save(tmp_path / ZEROSHOT_FILE)
+    return tmp_path / ZEROSHOT_FILE
+
+
+def test_the_file_round_trips_and_picks_the_model_of_the_nearest_budget(tmp_path):
+    selector = ZeroShotSelector.load(selector_file(tmp_path))
+    assert list(selector.configs) == list(CONFIGS)
+    assert selector.model_for(20).budget == 30 and selector.model_for(1200).budget == 180
+    assert selector.model_for(70).budget == 30 and selector.model_for(80).budget == 180
+    assert selector.select(features_of([200])[0], 600)[0] == "large"
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda v: v.pop("models"), r"missing field 'models'"),
+    (lambda v: v.update(features=["log_classes"]), r"field 'features'"),
+    (lambda v: v.update(format_version=9), r"field 'format_version'"),
+    (lambda v: v["configs"]["small"].update(batch_size=48), r"configs.small: field 'batch_size'"),
+    (lambda v: v["models"][1].update(kind="forest"), r"field 'models\[1\].kind'"),
+    (lambda v: v["models"][0].update(budget=0), r"field 'models\[0\].budget'"),
+    (lambda v: v["models"][0].update(weights=[[0.0] * 6]), r"field 'models\[0\].weights'"),
+    (lambda v: v["models"][0].update(scale=[0.0] * 6), r"field 'models\[0\].scale'"),
+    (lambda v: v["models"][0].update(bias=[float("nan")] * 3), r"field 'models\[0\].bias'"),
+])
+def test_errors_name_the_file_and_the_field(tmp_path, change, message):
+    path = selector_file(tmp_path)
+    values = json.loads(path.read_text())
+    change(values)
+    path.write_text(json.dumps(values))
+    with pytest.raises(ZeroShotError, match=f"{ZEROSHOT_FILE}: .*{message}"):
+        ZeroShotSelector.load(path)
+
+
+def test_the_command_reports_leave_one_source_out_from_the_store(tmp_path, small_image_dataset):
+    """Tasks as folders of the same small dataset under several names; the store holds their
+    matrix. The report and the exported file come from the command as a user runs it."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    names = ["a", "a__n10", "b", "b__n10", "c", "c__n10"]
+    for name in names:
+        (data_dir / name).mkdir()
+        for part in ("data", "solution"):
+            (data_dir / name / f"{name}.{part}").symlink_to(
+                small_image_dataset / f"smalldigits.{part}")
+    portfolio, store_path = tmp_path / "portfolio.json", tmp_path / "store.sqlite"
+    save_portfolio(CONFIGS, portfolio, {})
+    with ResultStore(store_path) as store:
+        for j, name in enumerate(names):
+            for i, config in enumerate(CONFIGS.values()):
+                store.put(config, Evaluation(name, 60.0, 0, 0.5 + 0.1 * i + 0.01 * j, 0.9, 0.8,
+                                             time_mode="simulated"))
+    report = tmp_path / "lodo.json"
+    assert zeroshot.main(["--data-dir", str(data_dir), "--store", str(store_path),
+                          "--portfolio", str(portfolio), "--budgets", "60", "--report",
+                          str(report), "--export", str(tmp_path / "meta")]) == 0
+    result = json.loads(report.read_text())["budgets"]["60"]["linear"]
+    assert result["tasks"] == 6 and result["sources"] == 3
+    assert result["generalist"] == pytest.approx(result["oracle"])  # "large" wins everywhere
+    assert "| 60 | linear | 6 | 3 | 3 |" in report.with_suffix(".md").read_text()
+    assert ZeroShotSelector.load(tmp_path / "meta" / ZEROSHOT_FILE).models[0].budget == 60
+
+
+@pytest.mark.parametrize("budget", [60, 1200])
+def test_the_runtime_serves_every_budget_with_the_zero_shot_selector(tmp_path, budget,
+                                                                     small_image_dataset):
+    from autodl_meta.learner import Learner, Selection
+    from ingestion_local import AutoDLDataset
+
+    selector_file(tmp_path)
+    train = AutoDLDataset(small_image_dataset / "smalldigits.data" / "train")
+    learner = Learner(train.get_metadata(), metadata_dir=tmp_path)
+    assert learner.selection is Selection.ZERO_SHOT and learner.fingerprinter is None
+    learner.train(train.get_dataset(), remaining_time_budget=budget)
+    assert learner.selected == "small"  # 28-px digits: the small-image config
+    assert learner.config == CONFIGS["small"]
+    assert learner.record.selection["trained_at"] == (30 if budget == 60 else 180)
+
+
+def test_meta_learning_off_keeps_the_generalist(tmp_path, small_image_dataset, monkeypatch):
+    from autodl_meta.learner import Learner, Selection
+    from ingestion_local import AutoDLDataset
+
+    monkeypatch.setenv("AUTODL_META_LEARNING", "0")
+    selector_file(tmp_path)
+    train = AutoDLDataset(small_image_dataset / "smalldigits.data" / "train")
+    learner = Learner(train.get_metadata(), metadata_dir=tmp_path)
+    learner.train(train.get_dataset(), remaining_time_budget=60)
+    assert learner.selection is Selection.OFF and learner.selected is None
+    assert learner.config == GENERALIST
