@@ -66,12 +66,9 @@ def markdown_matrix(names: Sequence[str], datasets: Sequence[str], matrix: np.nd
 
 
 def cross_evaluate(store: ResultStore, client, data_dir: Path, datasets: Sequence[str],
-                   budget: float, seeds: Sequence[int], time_mode: str = "wall",
-                   cost_table: Path | None = None,
-                   configs: dict[str, TrainConfig] | None = None) -> np.ndarray:
-    """Run what the store lacks of `configs` (by default the incumbents and the generalist) on
-    `datasets`; return their ALC matrix."""
-    configs = configs or candidate_configs(store)
+                   configs: dict[str, TrainConfig], budget: float, seeds: Sequence[int],
+                   time_mode: str = "wall", cost_table: Path | None = None) -> np.ndarray:
+    """Run what the store lacks of `configs` on `datasets`; return their ALC matrix."""
     threads = threads_per_task(client)
     # Dataset by dataset: an interrupted matrix holds whole columns, which a selector can use.
     todo = [(config, dataset, seed) for dataset in datasets for config in configs.values()
@@ -124,8 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"{args.store} holds no incumbent: run python -m offline bohb first")
         configs = configs or candidate_configs(store)
         with dask_client(args.scheduler, args.workers) as client:
-            matrix = cross_evaluate(store, client, args.data_dir, datasets, args.budget,
-                                    args.seeds, args.time_mode, args.cost_table, configs)
+            matrix = cross_evaluate(store, client, args.data_dir, datasets, configs,
+                                    args.budget, args.seeds, args.time_mode, args.cost_table)
         table = markdown_matrix(list(configs), datasets, matrix)
     emit_table(table, args.out)
     return 0

@@ -63,9 +63,9 @@ def greedy_members(names: Sequence[str], matrix: np.ndarray, count: int) -> list
 def build_portfolio(store: ResultStore, budget: float, incumbents: int,
                     seeds: Sequence[int] = (0,)) -> dict[str, TrainConfig]:
     """The greedy incumbents at `budget`, then the diversified configs not already among them."""
-    candidates = {f"incumbent-{name}": incumbent.config
-                  for name, incumbent in sorted(store.best_incumbents().items())}
-    datasets = sorted(store.best_incumbents())
+    best = store.best_incumbents()
+    candidates = {f"incumbent-{name}": incumbent.config for name, incumbent in sorted(best.items())}
+    datasets = sorted(best)
     portfolio: dict[str, TrainConfig] = {}
     if candidates and incumbents > 0:
         matrix = alc_matrix(store, candidates, datasets, budget, seeds)
