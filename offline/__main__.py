@@ -9,7 +9,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 COMMANDS = {
     "profile": ("offline.profile", "time forward+backward per backbone and shape: the cost table"),
     "bohb": ("offline.bohb", "BOHB per (known dataset, backbone) on SMAC3 + Dask"),
-    "crosseval": ("offline.crosseval", "evaluate every incumbent on every known dataset"),
+    "crosseval": ("offline.crosseval", "evaluate the incumbents (or a portfolio) on every known "
+                                       "dataset or derived task"),
     "portfolio": ("offline.portfolio", "the configs every meta-dataset task runs: greedy "
                                        "incumbents and diversified ones"),
     "selector": ("offline.selector", "fingerprint the known datasets, train and compare the "

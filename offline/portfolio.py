@@ -24,7 +24,8 @@ import numpy as np
 
 from autodl_meta.config import GENERALIST, ConfigError, TrainConfig
 from offline.cli import add_budget_argument, command_parser, emit_table, setup_logging
-from offline.store import DEFAULT_STORE, ResultStore, alc_matrix, config_key
+from offline.store import (DEFAULT_STORE, ResultStore, alc_matrix, config_key,
+                           provenance_path)
 from offline.tables import markdown_table
 
 logger = logging.getLogger(__name__)
@@ -121,8 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     with ResultStore(args.store) as store:
         portfolio = build_portfolio(store, args.budget, args.incumbents)
-    save_portfolio(portfolio, args.out, {"store": str(args.store), "budget": args.budget,
-                                         "incumbents": args.incumbents})
+    save_portfolio(portfolio, args.out, {"store": provenance_path(args.store),
+                                         "budget": args.budget, "incumbents": args.incumbents})
     rows = [[name, config.backbone, config.resolution, config.batch_size, config.optimizer,
              f"{config.learning_rate:.2g}", config.augmentation]
             for name, config in portfolio.items()]

@@ -23,6 +23,15 @@ from offline.evaluate import Evaluation
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STORE = REPO_ROOT / "results" / "offline.sqlite"
 
+
+def provenance_path(path: Path) -> str:
+    """`path` as provenance records it: relative to the repository when inside it, so the
+    record reads the same on every clone."""
+    resolved = Path(path).resolve()
+    if resolved.is_relative_to(REPO_ROOT):
+        return str(resolved.relative_to(REPO_ROOT))
+    return str(path)
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluations (
     dataset TEXT NOT NULL, config_key TEXT NOT NULL, budget REAL NOT NULL,

@@ -37,7 +37,7 @@ from offline.cli import add_store_arguments, command_parser, emit_table, setup_l
 from offline.evaluate import TIME_MODES, dataset_paths
 from offline.export import git_commit
 from offline.portfolio import DEFAULT_PORTFOLIO, load_portfolio
-from offline.store import REPO_ROOT, ResultStore, alc_matrix
+from offline.store import REPO_ROOT, ResultStore, alc_matrix, provenance_path
 from offline.tables import markdown_table
 
 logger = logging.getLogger(__name__)
@@ -249,8 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     configs = load_portfolio(args.portfolio)
     provenance = {"command": "python -m offline zeroshot " + " ".join(argv or sys.argv[1:]),
-                  "git_commit": git_commit(), "store": str(args.store),
-                  "portfolio": str(args.portfolio),
+                  "git_commit": git_commit(), "store": provenance_path(args.store),
+                  "portfolio": provenance_path(args.portfolio),
                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     with ResultStore(args.store) as store:
         tasks = args.datasets or store.datasets()

@@ -11,7 +11,7 @@ from offline import crosseval
 from offline.evaluate import Evaluation
 from offline.portfolio import (DIVERSIFIED, build_portfolio, greedy_members, load_portfolio,
                                save_portfolio)
-from offline.store import Incumbent, ResultStore
+from offline.store import REPO_ROOT, Incumbent, ResultStore, provenance_path
 
 
 def test_greedy_members_add_what_the_chosen_ones_lack():
@@ -69,3 +69,8 @@ def test_crosseval_reports_a_portfolio_file_from_the_store(tmp_path):
     table = out.read_text()
     for i, name in enumerate(DIVERSIFIED):
         assert f"| {name} | {0.5 + 0.01 * i:.3f} |" in table
+
+
+def test_provenance_records_paths_inside_the_repository_relative_to_it(tmp_path):
+    assert provenance_path(REPO_ROOT / "results" / "offline.sqlite") == "results/offline.sqlite"
+    assert provenance_path(tmp_path / "store.sqlite") == str(tmp_path / "store.sqlite")
