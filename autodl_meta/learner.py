@@ -365,6 +365,7 @@ class Learner:
 
     def _select_zero_shot(self) -> None:
         budget = self.policy.time_budget
+        began = time.monotonic()
         try:
             features = meta_features(self.metadata)
             name, scores = self.meta.zeroshot.select(features, budget)
@@ -377,7 +378,8 @@ class Learner:
         self.selection_reason = f"zero-shot, the selector of {trained_at:g} s"
         self.config = self._usable(self.meta.zeroshot.configs[name])
         self.record.selection = {"zero_shot": name, "trained_at": trained_at,
-                                 "scores": [round(float(v), 4) for v in scores]}
+                                 "scores": [round(float(v), 4) for v in scores],
+                                 "seconds": round(time.monotonic() - began, 6)}
         logger.info("zero-shot: %s (selector of %g s, run of %.0f s)", name, trained_at, budget)
 
     def _select_config(self, reader: RecordReader) -> None:

@@ -48,17 +48,19 @@ class BenchRow:
     undecodable: int = 0           # train + test records the run could not decode
     train_share: float = 0.0       # of the run's time, in fine-tuning steps
     predict_share: float = 0.0     # of the run's time, in test passes
+    selection_seconds: float = 0.0  # choosing the config: fingerprint or zero-shot
 
     def cells(self) -> list[str]:
         return [self.dataset, self.model, f"{self.alc:.4f}", f"{self.final_nauc:.4f}",
                 f"{self.first_prediction:.1f}", f"{self.last_prediction:.1f}",
                 str(self.predictions), str(int(self.success)), self.selected, self.backbone,
-                str(self.undecodable), f"{self.train_share:.2f}", f"{self.predict_share:.2f}"]
+                str(self.undecodable), f"{self.train_share:.2f}", f"{self.predict_share:.2f}",
+                f"{self.selection_seconds:.3f}"]
 
 
 COLUMNS = ("dataset", "model", "ALC", "final NAUC", "first prediction (s)",
            "last prediction (s)", "predictions", "ingestion_success", "selected", "backbone",
-           "undecodable", "train share", "predict share")
+           "undecodable", "train share", "predict share", "selection (s)")
 ROW_FILE = "bench_row.json"  # a finished run's row, kept beside its logs
 
 
@@ -80,7 +82,7 @@ def _row(dataset: str, model: str, result: LocalTestResult) -> BenchRow:
                     result.ingestion_success, timestamps[-1] if timestamps else float("nan"),
                     selected, record.get("config", {}).get("backbone", "-"),
                     sum(record.get("undecodable", {}).values()), shares.get("train", 0.0),
-                    shares.get("predict", 0.0))
+                    shares.get("predict", 0.0), selection.get("seconds", 0.0))
 
 
 def run_bench(datasets: Sequence[str], data_dir: Path, budget: float, result_dir: Path,

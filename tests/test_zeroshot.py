@@ -189,6 +189,7 @@ def test_the_runtime_serves_every_budget_with_the_zero_shot_selector(tmp_path, b
     assert learner.selected == "small"  # 28-px digits: the small-image config
     assert learner.config == CONFIGS["small"]
     assert learner.record.selection["trained_at"] == (30 if budget == 60 else 180)
+    assert learner.record.selection["seconds"] >= 0
 
 
 def test_meta_learning_off_keeps_the_generalist(tmp_path, small_image_dataset, monkeypatch):
