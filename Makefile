@@ -9,7 +9,7 @@ DATA := data/autodl
 DEMO_DATASET ?= mnist_demo
 DEMO_BUDGET ?= 120
 
-.PHONY: all venv pretrained datasets demo test zip clean
+.PHONY: all venv pretrained datasets tasks matrix demo test zip clean
 
 all: test
 
@@ -35,6 +35,32 @@ $(DATA)/$(DEMO_DATASET)/$(DEMO_DATASET).solution: | $(STAMP)
 
 datasets: $(STAMP)
 	$(PY) -m ingestion_local.prepare --out $(DATA)
+
+# The meta-dataset: two derived tasks beside each source (python -m offline tasks), and its
+# matrix, every portfolio config on every task at 180 s. The tasks run in this order, so that an
+# interrupted matrix holds whole tasks and its first 24 are 12 sources with one derived task
+# each. About 19 hours on 2 cores; it resumes from MATRIX_STORE.
+SOURCES := cifar10 omniglot brain_mri moving_mnist caltech101 pacs_photo sign_language_digits \
+	fashion_mnist orl_faces binary_alphadigits ants_bees digits mnist pacs_art_painting pacs_cartoon
+MATRIX_TASKS := cifar10 cifar10__r16_gray omniglot omniglot__c20_n10 brain_mri brain_mri__r48 \
+	moving_mnist moving_mnist__n10 caltech101 caltech101__r32_gray pacs_photo pacs_photo__n10 \
+	sign_language_digits sign_language_digits__r32_gray fashion_mnist fashion_mnist__n10 \
+	orl_faces orl_faces__r16 binary_alphadigits binary_alphadigits__c20_n10 \
+	ants_bees ants_bees__r32_gray digits digits__n10 \
+	mnist mnist__r16 pacs_art_painting pacs_art_painting__n10 pacs_cartoon pacs_cartoon__r48_gray \
+	cifar10__n10 omniglot__r24 brain_mri__n10 moving_mnist__r32_f2 caltech101__c20_n10 \
+	pacs_photo__r48_gray sign_language_digits__n10 fashion_mnist__r16 orl_faces__c20_n10 \
+	binary_alphadigits__r16 ants_bees__n10 digits__r16 mnist__n10 pacs_art_painting__r48_gray \
+	pacs_cartoon__n10
+MATRIX_STORE ?= results/offline.sqlite
+
+tasks: datasets
+	$(PY) -m offline tasks --sources $(SOURCES)
+
+matrix: pretrained tasks
+	$(PY) -m offline crosseval --portfolio results/portfolio.json --datasets $(MATRIX_TASKS) \
+		--budget 180 --time simulated --cost-table results/cost_table.json --workers 1 \
+		--store $(MATRIX_STORE)
 
 demo: pretrained $(DATA)/$(DEMO_DATASET)/$(DEMO_DATASET).solution
 	$(PY) -m ingestion_local.run_local_test --dataset_dir $(DATA)/$(DEMO_DATASET) \
