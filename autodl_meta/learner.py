@@ -373,14 +373,16 @@ class Learner:
             self.errors.report("zero-shot selection", err)
             self.selection_reason = "zero-shot selection failed: generalist config"
             return
-        trained_at = self.meta.zeroshot.model_for(budget).budget
+        model = self.meta.zeroshot.model_for(budget)
+        trained_at = model.budget
         self.selected = name
-        self.selection_reason = f"zero-shot, the selector of {trained_at:g} s"
+        self.selection_reason = f"zero-shot, the {model.kind} selector of {trained_at:g} s"
         self.config = self._usable(self.meta.zeroshot.configs[name])
-        self.record.selection = {"zero_shot": name, "trained_at": trained_at,
+        self.record.selection = {"zero_shot": name, "kind": model.kind, "trained_at": trained_at,
                                  "scores": [round(float(v), 4) for v in scores],
                                  "seconds": round(time.monotonic() - began, 6)}
-        logger.info("zero-shot: %s (selector of %g s, run of %.0f s)", name, trained_at, budget)
+        logger.info("zero-shot: %s (%s selector of %g s, run of %.0f s)", name, model.kind,
+                    trained_at, budget)
 
     def _select_config(self, reader: RecordReader) -> None:
         began = time.monotonic()

@@ -8,11 +8,13 @@ No record is read and nothing is fingerprinted, so the choice costs microseconds
 prediction waits for nothing. The models are trained offline on the meta-dataset's matrix (every
 portfolio config on every task, `python -m offline zeroshot`): each predicts, for every config,
 its ALC relative to the mean ALC of all configs on the task (a task's difficulty is the same for
-every config, so only the relative part says which one to run). Two kinds:
+every config, so only the relative part says which one to run). Three kinds:
 
 - `linear`: ridge regression per config on the standardised meta-features;
 - `nearest`: the mean relative ALC of the `k` training tasks nearest in standardised
-  meta-features.
+  meta-features;
+- `single`: the mean relative ALC over all training tasks, whatever the features: the single
+  best config, shipped where neither of the others beat it held out.
 
 A run uses the model of the budget nearest its own on a log scale (the anytime runtime makes a
 long run's first T' seconds the run at T', so every budget up to the largest is measured). The
@@ -32,7 +34,7 @@ from autodl_meta.config import ConfigError, TrainConfig
 
 FORMAT_VERSION = 1
 ZEROSHOT_FILE = "zeroshot.json"
-KINDS = ("linear", "nearest")
+KINDS = ("linear", "nearest", "single")
 FEATURES = ("log_classes", "log_train_examples", "log_examples_per_class", "log_side",
             "channels", "log_frames")
 # Variable-size images and clips declare -1: these stand in for a side or a length not given
@@ -67,8 +69,10 @@ class BudgetModel:
     kind: str
     mean: np.ndarray           # features: the training tasks' mean and std
     scale: np.ndarray
-    weights: np.ndarray        # linear: configs x features; nearest: training tasks x features
-    bias: np.ndarray           # linear: configs; nearest: training tasks x configs (relative ALC)
+    weights: np.ndarray        # linear: configs x features; nearest: training tasks x features;
+                               # single: none (0 x features)
+    bias: np.ndarray           # linear, single: configs; nearest: training tasks x configs
+                               # (relative ALC)
     neighbours: int = 0        # nearest: k
 
     def standardise(self, features: np.ndarray) -> np.ndarray:
@@ -76,6 +80,8 @@ class BudgetModel:
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """Predicted relative ALC of each config on a dataset with these meta-features."""
+        if self.kind == "single":
+            return self.bias
         x = self.standardise(features)
         if self.kind == "linear":
             return self.weights @ x + self.bias
@@ -180,6 +186,12 @@ def _load_model(path: Path, where: str, values: Any, config_count: int) -> Budge
     if kind == "linear":
         if weights.shape != (config_count, width):
             raise fail("weights", f"must be {config_count} x {width} (configs x features)")
+        if bias.shape != (config_count,):
+            raise fail("bias", f"must hold {config_count} numbers (one per config)")
+    elif kind == "single":
+        if weights.size:
+            raise fail("weights", "must be empty (the single best config reads no feature)")
+        weights = weights.reshape(0, width)
         if bias.shape != (config_count,):
             raise fail("bias", f"must hold {config_count} numbers (one per config)")
     else:

@@ -9,9 +9,9 @@ nothing). And configs that differ on purpose in what a short-budget search canno
 try: a larger backbone (Lite1, Lite2), a lower or a higher resolution, Adam at a small learning
 rate, CutMix. (Adam at 1e-3, batch 32 and 64 px on Lite0 and on Lite2, tried in place of CutMix
 and Lite2 at 96 px, lost on the matrix's first tasks at 180 s: 0.664 and 0.575 on cifar10, 0.435
-and 0.272 on its grey 16-px task, against 0.745 and 0.636 for Adam at 32 px.) The portfolio is written to
-`results/portfolio.json` ({name: TrainConfig}), validated field by field when loaded;
-`python -m offline crosseval --portfolio` runs it.
+and 0.272 on its grey 16-px task, against 0.745 and 0.636 for Adam at 32 px.) The portfolio is
+written to `results/portfolio.json` ({name: TrainConfig}), validated field by field when
+loaded; `python -m offline crosseval --portfolio` runs it.
 """
 from __future__ import annotations
 

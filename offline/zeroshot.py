@@ -14,7 +14,9 @@ Beside it, on the same held-out tasks: the generalist (the single config with th
 ALC over the training tasks), the oracle (each task's best config) and the default config.
 
 Writes reports/lodo.json and reports/lodo.md; with `--export`, trains the `--export-kind`
-selector on every task, for every budget, and writes `zeroshot.json` into that folder.
+selector on every task, for every budget, and writes `zeroshot.json` into that folder. The
+default kind, `auto`, ships at each budget the kind judged best held out there (`single`, the
+single best config, where no kind that reads the features beat it).
 """
 from __future__ import annotations
 
@@ -46,7 +48,8 @@ DEFAULT_REPORT = REPO_ROOT / "reports" / "lodo.json"
 DEFAULT_CONFIG = "default"
 # Hyper-parameter grids, strongest regularisation first (ties go to it): the ridge penalty in
 # units of the training tasks, and the number of neighbours averaged.
-GRIDS = {"linear": (100.0, 30.0, 10.0, 3.0, 1.0), "nearest": (12, 8, 5, 3, 1)}
+GRIDS = {"linear": (100.0, 30.0, 10.0, 3.0, 1.0), "nearest": (12, 8, 5, 3, 1), "single": (0,)}
+AUTO = "auto"  # --export-kind: at each budget, the kind with the best held-out mean ALC
 
 
 def source_of(task: str) -> str:
@@ -76,6 +79,8 @@ def fit(kind: str, features: np.ndarray, alc: np.ndarray, budget: float,
     scale = np.maximum(features.std(axis=0), STD_FLOOR)
     x = (features - mean) / scale
     y = relative(alc)
+    if kind == "single":
+        return BudgetModel(budget, kind, mean, scale, np.zeros((0, x.shape[1])), y.mean(axis=0))
     if kind == "linear":
         penalty = strength * len(x) * np.eye(x.shape[1])
         centred = y - y.mean(axis=0)
@@ -101,7 +106,7 @@ def _leave_one_group_out(features: np.ndarray, alc: np.ndarray, groups: Sequence
 def choose_strength(kind: str, features: np.ndarray, alc: np.ndarray, groups: Sequence[str],
                     budget: float) -> float:
     """The grid value with the best leave-one-group-out mean ALC on these tasks."""
-    if len(set(groups)) < 2:
+    if len(set(groups)) < 2 or len(GRIDS[kind]) == 1:
         return GRIDS[kind][0]
     rows = np.arange(len(features))
     best, best_score = GRIDS[kind][0], -np.inf
@@ -200,12 +205,27 @@ def markdown_report(report: dict[str, Any]) -> str:
                            "oracle / generalist"], rows)
 
 
-def export_selector(store: ResultStore, data_dir: Path, configs: dict[str, TrainConfig],
-                    tasks: Sequence[str], budgets: Sequence[float], kind: str, time_mode: str,
-                    out: Path, provenance: dict[str, Any]) -> ZeroShotSelector:
-    """Train `kind` on every complete task at every budget; write and reload `out`."""
-    models = []
+def export_kinds(report: dict[str, Any], budgets: Sequence[float], kind: str
+                 ) -> dict[float, str]:
+    """The kind to ship at each budget: `kind`, or with AUTO the kind whose leave-one-source-out
+    mean ALC in `report` is the best (ties, and budgets the report could not judge, go to
+    `single`, which reads no feature)."""
+    if kind != AUTO:
+        return {budget: kind for budget in budgets}
+    chosen = {}
     for budget in budgets:
+        judged = report["budgets"].get(f"{budget:g}", {})
+        chosen[budget] = max(judged, key=lambda k: (judged[k]["selected"], k == "single"),
+                             default="single")
+    return chosen
+
+
+def export_selector(store: ResultStore, data_dir: Path, configs: dict[str, TrainConfig],
+                    tasks: Sequence[str], kinds: dict[float, str], time_mode: str,
+                    out: Path, provenance: dict[str, Any]) -> ZeroShotSelector:
+    """Train the kind of each budget (`kinds`) on every complete task; write and reload `out`."""
+    models = []
+    for budget, kind in kinds.items():
         done, alc = complete_matrix(store, configs, tasks, budget, time_mode)
         if not done:
             continue
@@ -238,8 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--export", type=Path, default=None,
                         help="also train on every task and write zeroshot.json into this "
                              "folder (metadata/ to ship it)")
-    parser.add_argument("--export-kind", choices=KINDS, default="linear",
-                        help="the kind --export trains")
+    parser.add_argument("--export-kind", choices=(AUTO, *KINDS), default=AUTO,
+                        help="the kind --export trains; auto: at each budget, the kind judged "
+                             "best leave-one-source-out")
     return parser
 
 
@@ -258,11 +279,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                              args.time_mode)
         report["provenance"] = provenance
         if args.export:
-            selector = export_selector(store, args.data_dir, configs, tasks, args.budgets,
-                                       args.export_kind, args.time_mode, args.export,
-                                       provenance)
-            logger.info("wrote %s: %s models at %s s", args.export / ZEROSHOT_FILE,
-                        args.export_kind, ", ".join(f"{m.budget:g}" for m in selector.models))
+            kinds = export_kinds(report, args.budgets, args.export_kind)
+            report["exported"] = {f"{budget:g}": kind for budget, kind in kinds.items()}
+            selector = export_selector(store, args.data_dir, configs, tasks, kinds,
+                                       args.time_mode, args.export,
+                                       {**provenance, "kinds": report["exported"]})
+            logger.info("wrote %s: %s", args.export / ZEROSHOT_FILE,
+                        ", ".join(f"{m.kind} at {m.budget:g} s" for m in selector.models))
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(report, indent=1) + "\n")
     emit_table(markdown_report(report), args.report.with_suffix(".md"))

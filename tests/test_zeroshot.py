@@ -77,6 +77,28 @@ def test_a_selector_learns_which_config_wins_where(kind):
     assert names[int(np.argmax(model.scores(features_of([200])[0])))] == "large"
 
 
+def test_the_single_kind_is_the_best_mean_config_whatever_the_features():
+    sides = [16, 24, 28, 32, 40, 96, 128, 160]
+    model = zeroshot.fit("single", features_of(sides), matrix_where_resolution_decides(sides),
+                         60.0, 0)
+    # mean ALC: default 0.600, small 0.625, large 0.551: small, even for a large image
+    assert list(CONFIGS)[int(np.argmax(model.scores(features_of([200])[0])))] == "small"
+    assert np.array_equal(model.scores(features_of([20])[0]), model.scores(features_of([200])[0]))
+    result = zeroshot.leave_one_source_out("single", [f"s{i}" for i in range(len(sides))],
+                                           list(CONFIGS), features_of(sides),
+                                           matrix_where_resolution_decides(sides), 60.0)
+    assert result["selected"] == pytest.approx(result["generalist"])
+
+
+def test_auto_export_ships_the_kind_judged_best_held_out_and_single_on_ties():
+    report = {"budgets": {"30": {"linear": {"selected": 0.70}, "nearest": {"selected": 0.72},
+                                 "single": {"selected": 0.71}},
+                          "180": {"linear": {"selected": 0.80}, "single": {"selected": 0.80}}}}
+    assert zeroshot.export_kinds(report, [30.0, 180.0, 600.0], zeroshot.AUTO) == {
+        30.0: "nearest", 180.0: "single", 600.0: "single"}
+    assert zeroshot.export_kinds(report, [30.0], "linear") == {30.0: "linear"}
+
+
 def test_leave_one_source_out_beats_the_single_best_config_when_features_decide():
     sides = [16, 20, 24, 28, 32, 96, 128, 160, 192, 224]
     tasks = [f"s{i}" if i % 2 else f"s{i - 1}__coarse" for i in range(1, len(sides) + 1)]
@@ -118,6 +140,20 @@ def selector_file(tmp_path, budgets=(30.0, 180.0)):
     return tmp_path / ZEROSHOT_FILE
 
 
+def test_a_single_model_round_trips(tmp_path):
+    sides = [16, 24, 96, 160]
+    model = zeroshot.fit("single", features_of(sides), matrix_where_resolution_decides(sides),
+                         90.0, 0)
+    ZeroShotSelector(CONFIGS, [model]).save(tmp_path / ZEROSHOT_FILE)
+    loaded = ZeroShotSelector.load(tmp_path / ZEROSHOT_FILE)
+    assert loaded.models[0].kind == "single" and loaded.models[0].weights.shape == (0, 6)
+    assert loaded.select(features_of([20])[0], 90)[0] == model_choice(model)
+
+
+def model_choice(model):
+    return list(CONFIGS)[int(np.argmax(model.bias))]
+
+
 def test_the_file_round_trips_and_picks_the_model_of_the_nearest_budget(tmp_path):
     selector = ZeroShotSelector.load(selector_file(tmp_path))
     assert list(selector.configs) == list(CONFIGS)
@@ -136,6 +172,7 @@ def test_the_file_round_trips_and_picks_the_model_of_the_nearest_budget(tmp_path
     (lambda v: v["models"][0].update(weights=[[0.0] * 6]), r"field 'models\[0\].weights'"),
     (lambda v: v["models"][0].update(scale=[0.0] * 6), r"field 'models\[0\].scale'"),
     (lambda v: v["models"][0].update(bias=[float("nan")] * 3), r"field 'models\[0\].bias'"),
+    (lambda v: v["models"][0].update(kind="single"), r"field 'models\[0\].weights' must be empty"),
 ])
 def test_errors_name_the_file_and_the_field(tmp_path, change, message):
     path = selector_file(tmp_path)
@@ -172,7 +209,11 @@ def test_the_command_reports_leave_one_source_out_from_the_store(tmp_path, small
     assert result["tasks"] == 6 and result["sources"] == 3
     assert result["generalist"] == pytest.approx(result["oracle"])  # "large" wins everywhere
     assert "| 60 | linear | 6 | 3 | 3 |" in report.with_suffix(".md").read_text()
-    assert ZeroShotSelector.load(tmp_path / "meta" / ZEROSHOT_FILE).models[0].budget == 60
+    shipped = ZeroShotSelector.load(tmp_path / "meta" / ZEROSHOT_FILE).models
+    assert [model.budget for model in shipped] == [60]
+    # "large" wins everywhere: no kind beats the single best config, so auto ships it
+    assert json.loads(report.read_text())["exported"] == {"60": "single"}
+    assert shipped[0].kind == "single"
 
 
 @pytest.mark.parametrize("budget", [60, 1200])
