@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from autodl_meta import techniques
 from autodl_meta.config import EMBEDDING_LOSSES, ConfigError, TrainConfig
+from autodl_meta import trainer as trainer_module
 from autodl_meta.trainer import Trainer
 from offline.evaluate import Evaluation, evaluate
 from offline.store import ResultStore, config_key
@@ -141,7 +142,21 @@ def test_trainer_trains_and_predicts_with_each_technique(fields):
     assert np.allclose(trainer.predict(images), scores, atol=1e-5)
 
 
-def test_a_run_says_when_the_budget_is_too_short_for_an_embedding(small_image_dataset):
+def test_the_pace_note_compares_the_steps_that_fit_with_what_an_embedding_needs():
+    trainer = Trainer(TrainConfig(resolution=32, batch_size=16, embedding_loss="supcon"),
+                      num_classes=4, in_channels=1, multilabel=False, device=torch.device("cpu"))
+    trainer.steps, trainer.step_seconds = 10, 0.5
+    note = trainer.embedding_pace_note(remaining_seconds=25)  # 10 + 50 steps < 300
+    assert note.startswith("embedding_loss supcon: about 60 training steps fit")
+    trainer.step_seconds = 0.05  # 10 + 500 steps
+    assert trainer.embedding_pace_note(remaining_seconds=25) is None
+
+
+def test_a_run_says_when_the_budget_is_too_short_for_an_embedding(small_image_dataset,
+                                                                  monkeypatch):
+    # How many steps fit in 25 s depends on the machine: an embedding that needs more steps than
+    # any machine takes in 25 s makes the budget too short everywhere.
+    monkeypatch.setattr(trainer_module, "EMBEDDING_MIN_STEPS", 10**9)
     config = TrainConfig(resolution=32, batch_size=16, embedding_loss="supcon",
                          transductive_gnn=True)
     # 25 s: the first two stages take up to ~8 s on a loaded machine; fine-tuning must start.
