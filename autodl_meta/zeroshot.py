@@ -183,18 +183,15 @@ def _load_model(path: Path, where: str, values: Any, config_count: int) -> Budge
     if arrays["scale"].shape != (width,) or (arrays["scale"] <= 0).any():
         raise fail("scale", f"must hold {width} positive numbers")
     weights, bias = arrays["weights"], arrays["bias"]
-    if kind == "linear":
-        if weights.shape != (config_count, width):
-            raise fail("weights", f"must be {config_count} x {width} (configs x features)")
-        if bias.shape != (config_count,):
-            raise fail("bias", f"must hold {config_count} numbers (one per config)")
-    elif kind == "single":
+    if kind == "linear" and weights.shape != (config_count, width):
+        raise fail("weights", f"must be {config_count} x {width} (configs x features)")
+    if kind == "single":
         if weights.size:
             raise fail("weights", "must be empty (the single best config reads no feature)")
         weights = weights.reshape(0, width)
-        if bias.shape != (config_count,):
-            raise fail("bias", f"must hold {config_count} numbers (one per config)")
-    else:
+    if kind in ("linear", "single") and bias.shape != (config_count,):
+        raise fail("bias", f"must hold {config_count} numbers (one per config)")
+    if kind == "nearest":
         if weights.ndim != 2 or weights.shape[1] != width or len(weights) == 0:
             raise fail("weights", f"must be tasks x {width} (the training tasks' features)")
         if bias.shape != (len(weights), config_count):
