@@ -14,7 +14,9 @@ every config, so only the relative part says which one to run). Three kinds:
 - `nearest`: the mean relative ALC of the `k` training tasks nearest in standardised
   meta-features;
 - `single`: the mean relative ALC over all training tasks, whatever the features: the single
-  best config, shipped where neither of the others beat it held out.
+  best config, shipped where neither of the others beat it held out;
+- `fixed`: one config named in advance (the portfolio's default), learned from nothing: shipped
+  where no kind above beat it held out (its `bias` is 1 for that config, 0 for the others).
 
 A run uses the model of the budget nearest its own on a log scale (the anytime runtime makes a
 long run's first T' seconds the run at T', so every budget up to the largest is measured). The
@@ -34,7 +36,7 @@ from autodl_meta.config import ConfigError, TrainConfig
 
 FORMAT_VERSION = 1
 ZEROSHOT_FILE = "zeroshot.json"
-KINDS = ("linear", "nearest", "single")
+KINDS = ("linear", "nearest", "single", "fixed")
 FEATURES = ("log_classes", "log_train_examples", "log_examples_per_class", "log_side",
             "channels", "log_frames")
 # Variable-size images and clips declare -1: these stand in for a side or a length not given
@@ -70,9 +72,9 @@ class BudgetModel:
     mean: np.ndarray           # features: the training tasks' mean and std
     scale: np.ndarray
     weights: np.ndarray        # linear: configs x features; nearest: training tasks x features;
-                               # single: none (0 x features)
-    bias: np.ndarray           # linear, single: configs; nearest: training tasks x configs
-                               # (relative ALC)
+                               # single, fixed: none (0 x features)
+    bias: np.ndarray           # linear, single: configs (relative ALC); fixed: configs (one-hot);
+                               # nearest: training tasks x configs (relative ALC)
     neighbours: int = 0        # nearest: k
 
     def standardise(self, features: np.ndarray) -> np.ndarray:
@@ -80,7 +82,7 @@ class BudgetModel:
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """Predicted relative ALC of each config on a dataset with these meta-features."""
-        if self.kind == "single":
+        if self.kind in ("single", "fixed"):
             return self.bias
         x = self.standardise(features)
         if self.kind == "linear":
@@ -185,12 +187,14 @@ def _load_model(path: Path, where: str, values: Any, config_count: int) -> Budge
     weights, bias = arrays["weights"], arrays["bias"]
     if kind == "linear" and weights.shape != (config_count, width):
         raise fail("weights", f"must be {config_count} x {width} (configs x features)")
-    if kind == "single":
+    if kind in ("single", "fixed"):
         if weights.size:
-            raise fail("weights", "must be empty (the single best config reads no feature)")
+            raise fail("weights", f"must be empty (the {kind} kind reads no feature)")
         weights = weights.reshape(0, width)
-    if kind in ("linear", "single") and bias.shape != (config_count,):
+    if kind in ("linear", "single", "fixed") and bias.shape != (config_count,):
         raise fail("bias", f"must hold {config_count} numbers (one per config)")
+    if kind == "fixed" and sorted(bias.tolist()) != [0.0] * (config_count - 1) + [1.0]:
+        raise fail("bias", "must be 1 for the fixed config and 0 for the others")
     if kind == "nearest":
         if weights.ndim != 2 or weights.shape[1] != width or len(weights) == 0:
             raise fail("weights", f"must be tasks x {width} (the training tasks' features)")

@@ -18,7 +18,8 @@ strictest one-config reference, which no selector could know).
 Writes reports/lodo.json and reports/lodo.md; with `--export`, trains the `--export-kind`
 selector on every task, for every budget, and writes `zeroshot.json` into that folder. The
 default kind, `auto`, ships at each budget the kind judged best held out there (`single`, the
-single best config, where no kind that reads the features beat it).
+single best config, where no kind that reads the features beat it), or the `fixed` default
+config where no learned kind beat the default config on the same tasks.
 """
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ DEFAULT_CONFIG = "default"
 # units of the training tasks, and the number of neighbours averaged.
 GRIDS = {"linear": (100.0, 30.0, 10.0, 3.0, 1.0), "nearest": (12, 8, 5, 3, 1), "single": (0,)}
 AUTO = "auto"  # --export-kind: at each budget, the kind with the best held-out mean ALC
+FIXED = "fixed"  # the default config, learned from nothing: no held-out judging needed
+LEARNED_KINDS = tuple(kind for kind in KINDS if kind != FIXED)
 
 
 def source_of(task: str) -> str:
@@ -71,6 +74,17 @@ def task_features(data_dir: Path, tasks: Sequence[str]) -> np.ndarray:
 def relative(alc: np.ndarray) -> np.ndarray:
     """Each task's ALC of each config minus the task's mean over configs (tasks x configs)."""
     return alc - alc.mean(axis=1, keepdims=True)
+
+
+def fixed_model(configs: Sequence[str], budget: float) -> BudgetModel:
+    """The model that always picks the default config."""
+    if DEFAULT_CONFIG not in configs:
+        raise ValueError(f"the fixed kind runs the '{DEFAULT_CONFIG}' config, which the "
+                         f"portfolio lacks")
+    width = len(FEATURES)
+    bias = np.array([float(name == DEFAULT_CONFIG) for name in configs])
+    return BudgetModel(budget, FIXED, np.zeros(width), np.ones(width), np.zeros((0, width)),
+                       bias)
 
 
 def fit(kind: str, features: np.ndarray, alc: np.ndarray, budget: float,
@@ -221,14 +235,18 @@ def export_kinds(report: dict[str, Any], budgets: Sequence[float], kind: str
                  ) -> dict[float, str]:
     """The kind to ship at each budget: `kind`, or with AUTO the kind whose leave-one-source-out
     mean ALC in `report` is the best (ties, and budgets the report could not judge, go to
-    `single`, which reads no feature)."""
+    `single`, which reads no feature), or `fixed` where the default config's mean ALC on the
+    same tasks is at least as good: a selector that loses to it held out is not shipped."""
     if kind != AUTO:
         return {budget: kind for budget in budgets}
     chosen = {}
     for budget in budgets:
         judged = report["budgets"].get(f"{budget:g}", {})
-        chosen[budget] = max(judged, key=lambda k: (judged[k]["selected"], k == "single"),
-                             default="single")
+        best = max(judged, key=lambda k: (judged[k]["selected"], k == "single"),
+                   default="single")
+        default = judged[best]["default"] if judged else None
+        beaten = default is not None and default >= judged[best]["selected"]
+        chosen[budget] = FIXED if beaten else best
     return chosen
 
 
@@ -240,6 +258,9 @@ def export_selector(store: ResultStore, data_dir: Path, configs: dict[str, Train
     for budget, kind in kinds.items():
         done, alc = complete_matrix(store, configs, tasks, budget, time_mode)
         if not done:
+            continue
+        if kind == FIXED:
+            models.append(fixed_model(list(configs), budget))
             continue
         features = task_features(data_dir, done)
         models.append(train_selector(kind, features, alc, [source_of(t) for t in done], budget))
@@ -263,8 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="budgets to judge and train at, seconds")
     parser.add_argument("--time", choices=TIME_MODES, default="simulated", dest="time_mode",
                         help="which of the store's rows: wall-clock or simulated time")
-    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS),
-                        help="selector kinds judged")
+    parser.add_argument("--kinds", nargs="+", choices=LEARNED_KINDS,
+                        default=list(LEARNED_KINDS),
+                        help="selector kinds judged (the fixed default config is reported "
+                             "beside them)")
     parser.add_argument("--report", type=Path, default=DEFAULT_REPORT,
                         help="the JSON report; the markdown table goes beside it (.md)")
     parser.add_argument("--export", type=Path, default=None,
@@ -272,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "folder (metadata/ to ship it)")
     parser.add_argument("--export-kind", choices=(AUTO, *KINDS), default=AUTO,
                         help="the kind --export trains; auto: at each budget, the kind judged "
-                             "best leave-one-source-out")
+                             "best leave-one-source-out, or fixed where none beat the default "
+                             "config")
     return parser
 
 

@@ -90,13 +90,34 @@ def test_the_single_kind_is_the_best_mean_config_whatever_the_features():
     assert result["selected"] == pytest.approx(result["generalist"])
 
 
+def judged(selected, default):
+    return {"selected": selected, "default": default}
+
+
 def test_auto_export_ships_the_kind_judged_best_held_out_and_single_on_ties():
-    report = {"budgets": {"30": {"linear": {"selected": 0.70}, "nearest": {"selected": 0.72},
-                                 "single": {"selected": 0.71}},
-                          "180": {"linear": {"selected": 0.80}, "single": {"selected": 0.80}}}}
+    report = {"budgets": {"30": {"linear": judged(0.70, 0.6), "nearest": judged(0.72, 0.6),
+                                 "single": judged(0.71, 0.6)},
+                          "180": {"linear": judged(0.80, 0.7), "single": judged(0.80, 0.7)}}}
     assert zeroshot.export_kinds(report, [30.0, 180.0, 600.0], zeroshot.AUTO) == {
         30.0: "nearest", 180.0: "single", 600.0: "single"}
     assert zeroshot.export_kinds(report, [30.0], "linear") == {30.0: "linear"}
+
+
+def test_auto_export_ships_the_fixed_default_where_no_kind_beat_it_held_out():
+    report = {"budgets": {"60": {"linear": judged(0.80, 0.82), "single": judged(0.81, 0.82)},
+                          "180": {"nearest": judged(0.85, 0.85), "single": judged(0.84, 0.85)}}}
+    assert zeroshot.export_kinds(report, [60.0, 180.0], zeroshot.AUTO) == {
+        60.0: "fixed", 180.0: "fixed"}
+
+
+def test_the_fixed_kind_runs_the_default_config_whatever_the_features(tmp_path):
+    model = zeroshot.fixed_model(list(CONFIGS), 180.0)
+    ZeroShotSelector(CONFIGS, [model]).save(tmp_path / ZEROSHOT_FILE)
+    loaded = ZeroShotSelector.load(tmp_path / ZEROSHOT_FILE)
+    assert loaded.models[0].kind == "fixed"
+    assert {loaded.select(features_of([side])[0], 180)[0] for side in (16, 200)} == {"default"}
+    with pytest.raises(ValueError, match="'default' config"):
+        zeroshot.fixed_model(["small", "large"], 180.0)
 
 
 def test_leave_one_source_out_beats_the_single_best_config_when_features_decide():
@@ -178,6 +199,8 @@ def test_the_file_round_trips_and_picks_the_model_of_the_nearest_budget(tmp_path
     (lambda v: v["models"][0].update(scale=[0.0] * 6), r"field 'models\[0\].scale'"),
     (lambda v: v["models"][0].update(bias=[float("nan")] * 3), r"field 'models\[0\].bias'"),
     (lambda v: v["models"][0].update(kind="single"), r"field 'models\[0\].weights' must be empty"),
+    (lambda v: v["models"][0].update(kind="fixed", weights=[], bias=[0.5, 0.5, 0.0]),
+     r"field 'models\[0\].bias' must be 1 for the fixed config"),
 ])
 def test_errors_name_the_file_and_the_field(tmp_path, change, message):
     path = selector_file(tmp_path)
