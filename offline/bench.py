@@ -6,7 +6,8 @@ Runs the submission (the repository's model.py), the same submission with the me
 switched off (AUTODL_META_LEARNING=0: the generalist config) and the linear baseline on each
 dataset with the local ingestion + scoring, and prints a markdown table: ALC, final NAUC, time
 of the first prediction (seconds after the first train() call), number of predictions, whether
-ingestion succeeded, the known dataset the selector chose and the backbone used. Runs are kept
+ingestion succeeded, the known dataset the selector chose and the backbone used; then, per
+model, the mean ALC and final NAUC over the datasets and on how many it scored the best ALC. Runs are kept
 under `--result-dir` with their logs; a run already there at the same budget is reused (an
 interrupted benchmark goes on where it stopped), `--force` runs it again.
 """
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from autodl_meta.learner import META_LEARNING_ENV
@@ -83,6 +85,24 @@ def _row(dataset: str, model: str, result: LocalTestResult) -> BenchRow:
                     selected, record.get("config", {}).get("backbone", "-"),
                     sum(record.get("undecodable", {}).values()), shares.get("train", 0.0),
                     shares.get("predict", 0.0), selection.get("seconds", 0.0))
+
+
+SUMMARY_COLUMNS = ("model", "datasets", "mean ALC", "mean final NAUC", "best ALC on")
+
+
+def summary_rows(rows: Sequence[BenchRow]) -> list[list[str]]:
+    """Per model: datasets, mean ALC and mean final NAUC over them, and on how many datasets
+    its ALC is the best of the models (ties count for each)."""
+    best = {}
+    for row in rows:
+        best[row.dataset] = max(best.get(row.dataset, row.alc), row.alc)
+    summary = []
+    for model in dict.fromkeys(row.model for row in rows):
+        mine = [row for row in rows if row.model == model]
+        summary.append([model, str(len(mine)), f"{np.mean([r.alc for r in mine]):.4f}",
+                        f"{np.mean([r.final_nauc for r in mine]):.4f}",
+                        str(sum(r.alc == best[r.dataset] for r in mine))])
+    return summary
 
 
 def run_bench(datasets: Sequence[str], data_dir: Path, budget: float, result_dir: Path,
@@ -151,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      None if args.baseline == "none" else args.baseline,
                      not args.no_generalist, args.force)
     table = (f"Budget {args.budget:.0f} s per run.\n\n" +
-             markdown_table(COLUMNS, [row.cells() for row in rows]))
+             markdown_table(COLUMNS, [row.cells() for row in rows]) + "\n\n" +
+             markdown_table(SUMMARY_COLUMNS, summary_rows(rows)))
     emit_table(table, args.out)
     return 0
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from offline.bench import run_bench
+from offline.bench import BenchRow, run_bench, summary_rows
 from offline.tables import markdown_row
 
 
@@ -21,3 +21,14 @@ def test_bench_reports_submission_and_baseline(small_image_dataset, tmp_path):
     # A second call finds the finished runs and reuses them (an interrupted bench resumes):
     # a fresh run would not repeat the same timestamps.
     assert run_bench([small_image_dataset.name], small_image_dataset.parent, 20, tmp_path) == rows
+
+
+def bench_row(dataset, model, alc):
+    return BenchRow(dataset, model, alc, alc + 0.05, 1.0, 3, True, 100.0, "-", "-")
+
+
+def test_the_summary_gives_each_model_its_mean_and_its_wins():
+    rows = [bench_row("a", "submission", 0.8), bench_row("a", "generalist", 0.7),
+            bench_row("b", "submission", 0.6), bench_row("b", "generalist", 0.6)]
+    assert summary_rows(rows) == [["submission", "2", "0.7000", "0.7500", "2"],
+                                  ["generalist", "2", "0.6500", "0.7000", "1"]]
