@@ -183,7 +183,10 @@ def test_store_rekeys_rows_written_before_the_config_gained_fields(tmp_path):
     assert found is not None and found.alc == 0.5 and found.notes == []
 
 
-def test_technique_study_runs_on_a_cached_subset_and_resumes(small_image_dataset, tmp_path):
+def test_technique_study_runs_on_a_cached_subset_and_resumes(small_image_dataset, tmp_path,
+                                                             monkeypatch):
+    # The pace warning must show whatever this machine's speed: no 20-s run reaches 10**6 steps.
+    monkeypatch.setattr(trainer_module, "EMBEDDING_MIN_STEPS", 10**6)
     cache = decode_subsets(small_image_dataset, 32, max_train=120, max_test=60,
                            cache_dir=tmp_path)
     assert decode_subsets(small_image_dataset, 32, 120, 60, tmp_path) == cache  # reused
