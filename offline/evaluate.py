@@ -54,6 +54,9 @@ class Evaluation:
     accuracies: list[float] = field(default_factory=list)  # of each prediction
     # Made by an anytime runtime (autodl_meta/policy.py): its prefix up to T' is the run at T'.
     anytime: bool = False
+    # Each prediction's wall-clock time: `timestamps` itself in wall mode; in simulated mode
+    # what the re-timing replaced (empty in runs stored before it was kept).
+    wall_timestamps: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,7 +76,8 @@ class Evaluation:
             final_accuracy=self.accuracies[kept - 1] if kept and self.accuracies else 0.0,
             timestamps=self.timestamps[:kept], scores=scores,
             wall_seconds=self.wall_seconds, time_mode=self.time_mode, error=self.error,
-            notes=self.notes, accuracies=self.accuracies[:kept], anytime=True)
+            notes=self.notes, accuracies=self.accuracies[:kept], anytime=True,
+            wall_timestamps=self.wall_timestamps[:kept])
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Evaluation":
@@ -124,13 +128,17 @@ def evaluate(config: TrainConfig, dataset_dir: Path, budget: float, seed: int = 
         scores.append(nauc(solution, prediction))
         accuracies.append(accuracy(solution, prediction) if is_multiclass(solution) else 0.0)
     times = simulated if time_mode == "simulated" else timestamps
+    if time_mode == "simulated" and timestamps:
+        logger.info("%s: last prediction at %.1f s simulated, %.1f s on the wall clock",
+                    name, simulated[-1], timestamps[-1])
     return Evaluation(
         dataset=name, budget=budget, seed=seed, alc=alc(times, scores, budget),
         final_nauc=scores[-1] if scores else 0.0,
         final_accuracy=accuracies[-1] if accuracies else 0.0,
         timestamps=[round(t, 3) for t in times], scores=[round(s, 6) for s in scores],
         wall_seconds=time.monotonic() - began, time_mode=time_mode, notes=list(learner.notes),
-        accuracies=[round(a, 6) for a in accuracies], anytime=True)
+        accuracies=[round(a, 6) for a in accuracies], anytime=True,
+        wall_timestamps=[round(t, 3) for t in timestamps])
 
 
 def _simulated_time(elapsed: float, learner: Learner, cost_table: CostTable) -> float:

@@ -29,6 +29,9 @@ def test_evaluate_runs_the_submission_and_scores_its_curve(small_image_dataset):
     assert len(result.timestamps) >= 2 and len(result.scores) == len(result.timestamps)
     assert result.timestamps == sorted(result.timestamps) and max(result.timestamps) <= 12
     assert 0.3 < result.alc < 1.0 and result.final_nauc > 0.5
+    # The re-timing keeps what it replaced: one wall-clock time per prediction, never earlier.
+    assert len(result.wall_timestamps) == len(result.timestamps)
+    assert result.wall_timestamps == sorted(result.wall_timestamps)
 
 
 @pytest.mark.slow
@@ -177,13 +180,15 @@ def test_an_anytime_run_answers_for_every_shorter_budget(tmp_path):
     times, scores = [1.0, 10.0, 50.0, 120.0, 170.0], [0.2, 0.5, 0.6, 0.7, 0.8]
     long_run = Evaluation("smalldigits", 180.0, 0, alc(times, scores, 180), 0.8, 0.9,
                           timestamps=times, scores=scores,
-                          accuracies=[0.3, 0.5, 0.6, 0.8, 0.9], anytime=True)
+                          accuracies=[0.3, 0.5, 0.6, 0.8, 0.9], anytime=True,
+                          wall_timestamps=[2.0, 16.0, 80.0, 175.0, 179.0])
     with ResultStore(tmp_path / "store.sqlite") as store:
         store.put(SMALL, long_run)
         at_60 = store.get("smalldigits", SMALL, 60.0, 0)
         assert at_60.budget == 60.0 and at_60.timestamps == times[:3]
         assert at_60.alc == pytest.approx(alc(times[:3], scores[:3], 60))
         assert (at_60.final_nauc, at_60.final_accuracy) == (0.6, 0.6)
+        assert at_60.wall_timestamps == [2.0, 16.0, 80.0]
         assert store.get("smalldigits", SMALL, 180.0, 0).alc == pytest.approx(long_run.alc)
         assert store.get("smalldigits", SMALL, 300.0, 0) is None
         store.put(GENERALIST, Evaluation("smalldigits", 180.0, 0, 0.5, 0.6, 0.7,
