@@ -8,6 +8,8 @@ import zipfile
 
 import pytest
 
+from autodl_meta.backbones import ZOO
+from autodl_meta.fingerprint import FINGERPRINT_BACKBONE
 from autodl_meta.metadata import METADATA_DIR, MetaData
 from ingestion_local.run_local_test import run_local_test
 from offline.package import ZipTooLargeError, build_zip
@@ -23,10 +25,11 @@ def test_zip_layout(submission_zip):
     assert "model.py" in names
     assert {"autodl_meta/learner.py", "pretrained/MANIFEST", "pretrained/efficientnet-lite0.pth",
             "efficientnet_lite_pytorch/model.py", "efficientnet_lite_pytorch/LICENSE"} <= names
-    # The shipped configs all fine-tune Lite0, which is also the fingerprint network.
-    assert {c.backbone for c in MetaData.load(METADATA_DIR).configs.values()} == {
-        "efficientnet-lite0"}
-    assert not {"pretrained/efficientnet-lite1.pth", "pretrained/efficientnet-lite2.pth"} & names
+    # Exactly the weights of the fingerprint network and of the backbones metadata/ names (its
+    # configs and the zero-shot portfolio); a backbone named by none stays out (see below).
+    named = MetaData.load(METADATA_DIR).backbones() | {FINGERPRINT_BACKBONE}
+    assert {n for n in names if n.startswith("pretrained/") and n.endswith(".pth")} == {
+        f"pretrained/{ZOO[backbone].weight_file}" for backbone in named}
     assert not any("__pycache__" in n for n in names)
     assert submission_zip.stat().st_size < 300 * 2**20
 
