@@ -8,11 +8,9 @@ import zipfile
 
 import pytest
 
-from autodl_meta.backbones import ZOO
-from autodl_meta.fingerprint import FINGERPRINT_BACKBONE
 from autodl_meta.metadata import METADATA_DIR, MetaData
 from ingestion_local.run_local_test import run_local_test
-from offline.package import ZipTooLargeError, build_zip
+from offline.package import ZipTooLargeError, build_zip, shipped_weight_files
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +25,8 @@ def test_zip_layout(submission_zip):
             "efficientnet_lite_pytorch/model.py", "efficientnet_lite_pytorch/LICENSE"} <= names
     # Exactly the weights of the fingerprint network and of the backbones metadata/ names (its
     # configs and the zero-shot portfolio); a backbone named by none stays out (see below).
-    named = MetaData.load(METADATA_DIR).backbones() | {FINGERPRINT_BACKBONE}
     assert {n for n in names if n.startswith("pretrained/") and n.endswith(".pth")} == {
-        f"pretrained/{ZOO[backbone].weight_file}" for backbone in named}
+        f"pretrained/{name}" for name in shipped_weight_files(METADATA_DIR)}
     assert not any("__pycache__" in n for n in names)
     assert submission_zip.stat().st_size < 300 * 2**20
 
@@ -58,7 +55,6 @@ def test_unzipped_submission_runs_on_its_own(submission_zip, small_image_dataset
 def test_the_zip_carries_the_weights_its_configs_name(tmp_path):
     from autodl_meta.config import TrainConfig
     from autodl_meta.metadata import CONFIGS_FILE
-    from offline.package import shipped_weight_files
 
     meta = MetaData(generalist=TrainConfig(backbone="efficientnet-lite2"))
     (tmp_path / CONFIGS_FILE).write_text(json.dumps(meta.to_json()))
