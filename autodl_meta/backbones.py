@@ -92,6 +92,10 @@ def load_pretrained(name: str, pretrained_dir: Path = PRETRAINED_DIR) -> tuple[n
     return network, num_features
 
 
+# Children of the zoo's networks that classify ImageNet: features never pass through them.
+IMAGENET_CLASSIFIERS = frozenset({"_fc", "fc", "classifier", "AuxLogits"})
+
+
 class FeatureExtractor(nn.Module):
     """Images in [0, 1], any channel count, to pooled backbone features."""
 
@@ -108,6 +112,26 @@ class FeatureExtractor(nn.Module):
         if in_channels not in (1, 3):
             self.adapter = nn.Conv2d(in_channels, 3, kernel_size=1, bias=False)
             nn.init.constant_(self.adapter.weight, 1.0 / in_channels)
+
+    def units(self) -> list[nn.Module]:
+        """The parts with weights that features pass through, from the input on: the channel
+        adapter, then the network's layers, its block lists and sequences taken block by
+        block; its ImageNet classifier is not among them."""
+        units = [self.adapter] if self.adapter is not None else []
+        for name, child in self.network.named_children():
+            if name in IMAGENET_CLASSIFIERS:
+                continue
+            parts = child if isinstance(child, (nn.ModuleList, nn.Sequential)) else [child]
+            units += [part for part in parts if any(True for _ in part.parameters())]
+        return units
+
+    def freeze(self, fraction: float) -> int:
+        """Stop training the first `fraction` of `units()` (rounded); return how many."""
+        units = self.units()
+        count = round(fraction * len(units))
+        for unit in units[:count]:
+            unit.requires_grad_(False)
+        return count
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.adapter is not None:

@@ -41,6 +41,10 @@ class TrainConfig:
     loss: str = "cross_entropy"   # of the classifier; cosine: 1 - cos(output, one-hot)
     embedding_loss: str = "none"  # supcon / contrastive / triplet train the backbone instead
     transductive_gnn: bool = False  # refine test predictions with a GCN over train + test
+    # Share of the backbone's blocks, from the input on, that fine-tuning leaves frozen: 0
+    # trains them all, 1 only the head. Frozen blocks need no backward pass, so steps are
+    # cheaper (at 1, about a forward pass).
+    frozen_fraction: float = 0.0
 
     @property
     def mlp_head(self) -> bool:
@@ -63,6 +67,7 @@ class TrainConfig:
             ("test_frames", self.test_frames >= 1),
             ("loss", self.loss in LOSSES),
             ("embedding_loss", self.embedding_loss in EMBEDDING_LOSSES),
+            ("frozen_fraction", 0.0 <= self.frozen_fraction <= 1.0),
         ]
         for name, ok in checks:
             if not ok:
@@ -72,6 +77,10 @@ class TrainConfig:
             raise ConfigError(f"{source}: field 'augmentation' must be 'none' with embedding_loss "
                               f"{self.embedding_loss!r}: MixUp and CutMix blend the classes an "
                               f"embedding loss needs")
+        if self.embedding_loss != "none" and self.frozen_fraction == 1.0:
+            raise ConfigError(f"{source}: field 'frozen_fraction' must be below 1 with "
+                              f"embedding_loss {self.embedding_loss!r}, which trains the "
+                              f"backbone")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":

@@ -75,6 +75,8 @@ class Trainer:
         self.model = Classifier(extractor, num_classes, config.dropout,
                                 mlp_head=config.mlp_head).to(
             self.device, memory_format=MEMORY_FORMAT)
+        # Frozen before the optimiser is made, which trains only what still needs gradients.
+        self.frozen_units = extractor.freeze(config.frozen_fraction)
         self.projection = (projection_head(extractor.num_features).to(self.device)
                            if config.embedding_loss != "none" else None)
         self.optimizer: torch.optim.Optimizer | None = None
@@ -151,11 +153,14 @@ class Trainer:
         # frozen features, and full-rate steps through it wreck those features at once.
         head = list(self.model.head.parameters())
         head_ids = {id(p) for p in head}
-        backbone = [p for p in self.model.parameters() if id(p) not in head_ids]
+        backbone = [p for p in self.model.parameters()
+                    if id(p) not in head_ids and p.requires_grad]
         if self.projection is not None:
             head += list(self.projection.parameters())  # new layers learn at the head's rate
         lr = self.config.learning_rate
-        groups = [{"params": head, "lr": lr}, {"params": backbone, "lr": lr * BACKBONE_LR_SCALE}]
+        groups = [{"params": head, "lr": lr}]
+        if backbone:  # none when the whole backbone is frozen
+            groups.append({"params": backbone, "lr": lr * BACKBONE_LR_SCALE})
         if self.config.optimizer == "adam":
             return torch.optim.Adam(groups, lr=lr)
         return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-6)

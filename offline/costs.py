@@ -32,20 +32,24 @@ class CostEntry:
     batch_size: int
     train_step_seconds: float            # forward + backward + update of one batch
     predict_seconds_per_example: float   # eval-mode forward, per image, at the predict batch
+    frozen_fraction: float = 0.0         # of the backbone, not trained (TrainConfig's field)
 
     @property
-    def key(self) -> tuple[str, int, int]:
-        return self.backbone, self.resolution, self.batch_size
+    def key(self) -> tuple[str, int, int, float]:
+        return self.backbone, self.resolution, self.batch_size, self.frozen_fraction
 
 
 _ENTRY_FIELDS = tuple(f.name for f in fields(CostEntry))
+# Fields a file may leave out: tables measured before frozen backbones trained everything.
+_OPTIONAL_FIELDS = {"frozen_fraction": 0.0}
 _TABLE_FIELDS = ("device", "created", "entries")
 
 
 def _check_entry(values: Any, where: str) -> CostEntry:
     if not isinstance(values, dict):
         raise CostTableError(f"{where} must be an object")
-    missing = [name for name in _ENTRY_FIELDS if name not in values]
+    missing = [name for name in _ENTRY_FIELDS
+               if name not in values and name not in _OPTIONAL_FIELDS]
     if missing:
         raise CostTableError(f"{where}.{missing[0]} is missing")
     unknown = sorted(set(values) - set(_ENTRY_FIELDS))
@@ -63,9 +67,14 @@ def _check_entry(values: Any, where: str) -> CostEntry:
         if (not isinstance(value, (int, float)) or isinstance(value, bool)
                 or not math.isfinite(value) or value <= 0):
             raise CostTableError(f"{where}.{name} must be a positive number, got {value!r}")
+    frozen = values.get("frozen_fraction", _OPTIONAL_FIELDS["frozen_fraction"])
+    if (not isinstance(frozen, (int, float)) or isinstance(frozen, bool)
+            or not 0.0 <= frozen <= 1.0):
+        raise CostTableError(f"{where}.frozen_fraction must be a number from 0 to 1, got "
+                             f"{frozen!r}")
     return CostEntry(backbone, values["resolution"], values["batch_size"],
                      float(values["train_step_seconds"]),
-                     float(values["predict_seconds_per_example"]))
+                     float(values["predict_seconds_per_example"]), float(frozen))
 
 
 def _interpolate(points: list[tuple[float, float]], x: float) -> float:
@@ -107,10 +116,11 @@ class CostTable:
     created: str                       # ISO date
     entries: list[CostEntry]
 
-    def find(self, backbone: str, resolution: int, batch_size: int) -> CostEntry | None:
+    def find(self, backbone: str, resolution: int, batch_size: int,
+             frozen_fraction: float = 0.0) -> CostEntry | None:
         """The measured entry of exactly this shape, if any."""
-        return next((e for e in self.entries if e.key == (backbone, resolution, batch_size)),
-                    None)
+        key = (backbone, resolution, batch_size, frozen_fraction)
+        return next((e for e in self.entries if e.key == key), None)
 
     def put(self, entry: CostEntry) -> None:
         """Add `entry`, replacing a measurement of the same shape."""
@@ -124,13 +134,35 @@ class CostTable:
                            f"({self.device}); it has: {', '.join(known) or 'none'}")
         return entries
 
-    def train_step_seconds(self, backbone: str, resolution: int, batch_size: int) -> float:
-        """Seconds of one training step of `batch_size` images of `resolution`^2 pixels."""
+    def train_step_seconds(self, backbone: str, resolution: int, batch_size: int,
+                           frozen_fraction: float = 0.0) -> float:
+        """Seconds of one training step of `batch_size` images of `resolution`^2 pixels, with
+        `frozen_fraction` of the backbone frozen: linear between the two nearest measured
+        fractions (a frozen block saves its backward pass), never beyond them."""
         if resolution <= 0 or batch_size <= 0:
             raise ValueError(f"resolution and batch_size must be positive, got {resolution}, "
                              f"{batch_size}")
+        measured = sorted({e.frozen_fraction for e in self._of(backbone)})
+        if not measured[0] <= frozen_fraction <= measured[-1]:
+            raise KeyError(f"frozen_fraction {frozen_fraction:g} of {backbone} is outside the "
+                           f"fractions the cost table measured ({self.device}: "
+                           f"{', '.join(f'{f:g}' for f in measured)}); python -m offline "
+                           f"profile --frozen-fractions")
+        right = bisect.bisect_left(measured, frozen_fraction)
+        if measured[right] == frozen_fraction:
+            return self._train_step_at(backbone, resolution, batch_size, frozen_fraction)
+        low, high = measured[right - 1], measured[right]
+        weight = (frozen_fraction - low) / (high - low)
+        return ((1 - weight) * self._train_step_at(backbone, resolution, batch_size, low)
+                + weight * self._train_step_at(backbone, resolution, batch_size, high))
+
+    def _train_step_at(self, backbone: str, resolution: int, batch_size: int,
+                       frozen_fraction: float) -> float:
+        """`train_step_seconds` at a measured frozen fraction."""
         by_batch: dict[int, list[tuple[float, float]]] = {}
         for entry in self._of(backbone):
+            if entry.frozen_fraction != frozen_fraction:
+                continue
             by_batch.setdefault(entry.batch_size, []).append(
                 (entry.resolution ** 2 * entry.batch_size, entry.train_step_seconds))
         # First along resolution at each measured batch size, then along batch size: the
@@ -181,13 +213,14 @@ class CostTable:
         if not isinstance(values["entries"], list):
             raise CostTableError(f"{source}: entries must be a list")
         entries: list[CostEntry] = []
-        seen: set[tuple[str, int, int]] = set()
+        seen: set[tuple[str, int, int, float]] = set()
         for index, raw in enumerate(values["entries"]):
             entry = _check_entry(raw, f"{source}: entries[{index}]")
             if entry.key in seen:
                 raise CostTableError(f"{source}: entries[{index}] repeats {entry.backbone} at "
                                      f"resolution {entry.resolution}, batch size "
-                                     f"{entry.batch_size}")
+                                     f"{entry.batch_size}, frozen fraction "
+                                     f"{entry.frozen_fraction:g}")
             seen.add(entry.key)
             entries.append(entry)
         return cls(values["device"], values["created"], entries)

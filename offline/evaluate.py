@@ -145,7 +145,8 @@ def _simulated_time(elapsed: float, learner: Learner, cost_table: CostTable) -> 
     trainer, config = learner.trainer, learner.config
     if trainer is None:
         return elapsed
-    step = cost_table.train_step_seconds(config.backbone, learner.resolution, config.batch_size)
+    step = cost_table.train_step_seconds(config.backbone, learner.resolution, config.batch_size,
+                                         config.frozen_fraction)
     return elapsed - trainer.train_seconds + trainer.steps * step
 
 

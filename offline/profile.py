@@ -1,11 +1,13 @@
 """Measure the cost table: seconds per training step and per predicted image, per shape.
 
     python -m offline profile [--backbones efficientnet-lite0 ...] [--resolutions 32 64 96 128]
-                              [--batch-sizes 16 32 64 128] [--out results/cost_table.json]
+                              [--batch-sizes 16 32 64 128] [--frozen-fractions 0 0.5 1]
+                              [--out results/cost_table.json]
 
 Times the runtime's own Trainer (the default config's optimiser, 10 classes) on random images:
 its training step (`Trainer.train_step`: cross-entropy, gradient clipping, mixed precision on
-CUDA) and an eval-mode forward at the trainer's prediction batch. Each cost is
+CUDA) with each share of the backbone frozen (TrainConfig.frozen_fraction), and an eval-mode
+forward at the trainer's prediction batch. Each cost is
 the fastest of --repeats timed runs after one warm-up run: other work on a shared machine only
 ever adds time, so the minimum is the most faithful reading. Entries already in --out for the same
 device are kept and the file is rewritten after every measurement, so an interrupted run goes on
@@ -128,7 +130,8 @@ def _busy(device: torch.device, threads: int) -> bool:
 
 def run_profile(backbones: Sequence[str], resolutions: Sequence[int],
                 batch_sizes: Sequence[int], repeats: int, out: Path, device: torch.device,
-                threads: int, force: bool = False) -> tuple[CostTable, int]:
+                threads: int, force: bool = False,
+                frozen_fractions: Sequence[float] = (0.0,)) -> tuple[CostTable, int]:
     """Measure the shapes missing from `out` (all of them with `force`), rewriting `out` after
     each; return the table and the number of entries measured."""
     torch.set_num_threads(threads)
@@ -140,40 +143,47 @@ def run_profile(backbones: Sequence[str], resolutions: Sequence[int],
                                f"choose another --out, or --force to replace it")
         table = None
     table = table or CostTable(name, date.today().isoformat(), [])
-    pending = [(backbone, resolution, batch_size) for backbone in backbones
-               for resolution in resolutions for batch_size in batch_sizes
-               if force or table.find(backbone, resolution, batch_size) is None]
+    pending = [(backbone, frozen, resolution, batch_size) for backbone in backbones
+               for frozen in frozen_fractions for resolution in resolutions
+               for batch_size in batch_sizes
+               if force or table.find(backbone, resolution, batch_size, frozen) is None]
     logger.info("%s: %d entries to measure, %d kept, on %s", out, len(pending),
                 len(table.entries), name)
     measured = busy = 0
     with logging_redirect_tqdm(), tqdm(total=len(pending), desc="profile", unit="entry") as bar:
-        for backbone in dict.fromkeys(b for b, _, _ in pending):
-            trainer = Trainer(TrainConfig(backbone=backbone), NUM_CLASSES, in_channels=3,
-                              multilabel=False, device=device)
-            # Prediction does not depend on the training batch size: measured once per
-            # resolution, or taken from an entry already measured on this device.
+        for backbone in dict.fromkeys(b for b, _, _, _ in pending):
+            # Prediction depends neither on the training batch size nor on what training
+            # freezes: measured once per resolution, or taken from an entry already measured
+            # on this device.
             predict: dict[int, float] = {}
             if not force:
                 predict = {e.resolution: e.predict_seconds_per_example for e in table.entries
                            if e.backbone == backbone}
-            for _, resolution, batch_size in (p for p in pending if p[0] == backbone):
-                bar.set_postfix_str(f"{backbone} {resolution} px, batch {batch_size}")
-                busy += _busy(device, threads)
-                train = time_train_step(trainer, resolution, batch_size, repeats)
-                if resolution not in predict:
-                    predict[resolution] = time_predict(trainer.model, resolution, repeats, device)
-                table.put(CostEntry(backbone, resolution, batch_size, train, predict[resolution]))
-                table.save(out)
-                measured += 1
-                logger.info("%s %d px, batch %d: train step %.4f s, predict %.3f ms per image",
-                            backbone, resolution, batch_size, train,
-                            1000 * predict[resolution])
-                bar.update()
-            # Free one backbone's weights and optimiser state before building the next.
-            del trainer
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            for frozen in dict.fromkeys(f for b, f, _, _ in pending if b == backbone):
+                trainer = Trainer(TrainConfig(backbone=backbone, frozen_fraction=frozen),
+                                  NUM_CLASSES, in_channels=3, multilabel=False, device=device)
+                for _, _, resolution, batch_size in (p for p in pending
+                                                     if p[:2] == (backbone, frozen)):
+                    bar.set_postfix_str(f"{backbone} {resolution} px, batch {batch_size}, "
+                                        f"frozen {frozen:g}")
+                    busy += _busy(device, threads)
+                    train = time_train_step(trainer, resolution, batch_size, repeats)
+                    if resolution not in predict:
+                        predict[resolution] = time_predict(trainer.model, resolution, repeats,
+                                                           device)
+                    table.put(CostEntry(backbone, resolution, batch_size, train,
+                                        predict[resolution], frozen))
+                    table.save(out)
+                    measured += 1
+                    logger.info("%s %d px, batch %d, frozen %g: train step %.4f s, predict "
+                                "%.3f ms per image", backbone, resolution, batch_size, frozen,
+                                train, 1000 * predict[resolution])
+                    bar.update()
+                # Free one network's weights and optimiser state before building the next.
+                del trainer
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
     if busy:
         logger.warning("%d of %d entries were measured while other processes were using the "
                        "CPU, so their times are inflated (often several-fold); measure again "
@@ -197,6 +207,13 @@ def _resolution(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command's arguments (tests parse the README's command lines with it)."""
     parser = command_parser("python -m offline profile", __doc__)
@@ -210,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-sizes", nargs="+", type=_positive, metavar="N",
                         default=[16, 32, 64, 128],
                         help="training batch sizes")
+    parser.add_argument("--frozen-fractions", nargs="+", type=_fraction, metavar="F",
+                        default=[0.0, 0.5, 1.0],
+                        help="shares of the backbone frozen in training (TrainConfig."
+                             "frozen_fraction); simulated time prices fractions in between "
+                             "linearly")
     parser.add_argument("--repeats", type=_positive, default=3, metavar="N",
                         help="timed runs per entry after one warm-up run; the fastest is kept "
                              "(default: %(default)s)")
@@ -240,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         table, measured = run_profile(backbones, args.resolutions, args.batch_sizes,
                                       args.repeats, args.out, torch.device(args.device),
-                                      args.threads, args.force)
+                                      args.threads, args.force, args.frozen_fractions)
     except (CostTableError, ProfileError) as err:
         logger.error("%s", err)
         return 1

@@ -47,3 +47,25 @@ def test_feature_extractor_takes_any_channel_count(channels):
     with torch.no_grad():
         features = extractor(torch.rand(2, channels, 32, 32))
     assert features.shape == (2, extractor.num_features)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0])
+def test_fine_tuning_leaves_the_frozen_share_of_the_backbone_as_it_was(fraction):
+    from autodl_meta.config import TrainConfig
+    from autodl_meta.trainer import Trainer
+
+    trainer = Trainer(TrainConfig(resolution=32, batch_size=16, frozen_fraction=fraction),
+                      num_classes=3, in_channels=3, multilabel=False,
+                      device=torch.device("cpu"))
+    units = trainer.model.extractor.units()
+    # Lite0: stem convolution and its norm, 16 blocks, head convolution and its norm.
+    assert len(units) == 20 and trainer.frozen_units == round(fraction * 20)
+    before = [[p.detach().clone() for p in unit.parameters()] for unit in units]
+    head = trainer.model.head.weight.detach().clone()
+    images = torch.randint(0, 256, (16, 1, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.nn.functional.one_hot(torch.arange(16) % 3, 3).float()
+    trainer.train_for(images, labels, seconds=0.0)  # one step
+    changed = [any(not torch.equal(old, new) for old, new in zip(saved, unit.parameters()))
+               for saved, unit in zip(before, units)]
+    assert changed == [False] * trainer.frozen_units + [True] * (20 - trainer.frozen_units)
+    assert not torch.equal(head, trainer.model.head.weight)

@@ -56,6 +56,8 @@ def _write(tmp_path: Path, change) -> Path:
     (lambda v: v["entries"][0].pop("batch_size"), "entries[0].batch_size is missing"),
     (lambda v: v["entries"][0].update(colour="red"), "entries[0].colour is not a known field"),
     (lambda v: v["entries"].append(dict(v["entries"][5])), "entries[32] repeats"),
+    (lambda v: v["entries"][4].update(frozen_fraction=1.5),
+     "entries[4].frozen_fraction must be a number from 0 to 1"),
     (lambda v: v.pop("device"), "device is missing"),
     (lambda v: v.update(created="last May"), "created must be an ISO date"),
     (lambda v: v.update(entries={}), "entries must be a list"),
@@ -117,6 +119,32 @@ def test_noisy_costs_never_make_a_larger_shape_cheaper():
     assert costs == sorted(costs)
 
 
+def test_a_table_without_frozen_fractions_loads_as_training_everything():
+    values = _table().to_dict()
+    for entry in values["entries"]:
+        del entry["frozen_fraction"]
+    table = CostTable.from_dict(values)
+    assert table == _table()
+    with pytest.raises(KeyError, match="outside the fractions the cost table measured.*"
+                                       "--frozen-fractions"):
+        table.train_step_seconds("efficientnet-lite0", 64, 32, frozen_fraction=0.5)
+
+
+def test_frozen_fractions_in_between_are_priced_linearly():
+    table = _table()
+    for entry in list(table.entries):  # a fully frozen backbone at 40 % of the full step
+        table.put(CostEntry(entry.backbone, entry.resolution, entry.batch_size,
+                            0.4 * entry.train_step_seconds, entry.predict_seconds_per_example,
+                            frozen_fraction=1.0))
+    full = table.train_step_seconds("efficientnet-lite0", 80, 32)
+    assert table.train_step_seconds("efficientnet-lite0", 80, 32, 1.0) == pytest.approx(0.4 * full)
+    assert table.train_step_seconds("efficientnet-lite0", 80, 32, 0.25) == \
+        pytest.approx(0.85 * full)
+    # Prediction is the same whatever training froze.
+    assert table.predict_seconds("efficientnet-lite0", 64, 10) == \
+        pytest.approx(_table().predict_seconds("efficientnet-lite0", 64, 10))
+
+
 def test_unknown_backbone_names_the_known_ones():
     with pytest.raises(KeyError, match="efficientnet-lite0, efficientnet-lite2"):
         _table().train_step_seconds("resnet18", 64, 32)
@@ -128,18 +156,24 @@ def test_profile_writes_a_table_and_resumes(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger=profile.__name__)
     out = tmp_path / "cost_table.json"
     argv = ["--device", "cpu", "--backbones", "efficientnet-lite0", "--resolutions", "32",
-            "--batch-sizes", "16", "--repeats", "1", "--out", str(out)]
+            "--batch-sizes", "16", "--frozen-fractions", "0", "1", "--repeats", "1",
+            "--out", str(out)]
     assert profile.main(argv) == 0
     table = CostTable.load(out)
     assert table.device.startswith("cpu: ")
-    assert [e.key for e in table.entries] == [("efficientnet-lite0", 32, 16)]
-    assert table.train_step_seconds("efficientnet-lite0", 32, 16) > 0
+    assert [e.key for e in table.entries] == [("efficientnet-lite0", 32, 16, 0.0),
+                                              ("efficientnet-lite0", 32, 16, 1.0)]
+    trained, frozen = (table.train_step_seconds("efficientnet-lite0", 32, 16, f)
+                       for f in (0.0, 1.0))
+    assert trained > 0 and frozen > 0
+    assert table.train_step_seconds("efficientnet-lite0", 32, 16, 0.5) == \
+        pytest.approx((trained + frozen) / 2)
     assert table.predict_seconds("efficientnet-lite0", 32, 100) > 0
 
     written = out.stat().st_mtime_ns
     caplog.clear()
     assert profile.main(argv) == 0
-    assert "0 entries to measure, 1 kept" in caplog.text
+    assert "0 entries to measure, 2 kept" in caplog.text
     assert out.stat().st_mtime_ns == written
 
     # A table of another device is never extended nor silently replaced.

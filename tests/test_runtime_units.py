@@ -39,10 +39,17 @@ def test_config_round_trip_and_file_errors_name_file_and_field(tmp_path):
 
 @pytest.mark.parametrize("field,value", [("resolution", 40), ("resolution", 16),
                                          ("optimizer", "rmsprop"), ("dropout", 1.0),
-                                         ("augmentation", "autoaugment")])
+                                         ("augmentation", "autoaugment"),
+                                         ("frozen_fraction", 1.5), ("frozen_fraction", -0.1)])
 def test_config_rejects_values_outside_the_search_space(field, value):
     with pytest.raises(ConfigError, match=field):
         TrainConfig.from_dict({field: value})
+
+
+def test_an_embedding_loss_needs_some_backbone_to_train():
+    with pytest.raises(ConfigError, match="frozen_fraction.*supcon"):
+        TrainConfig(embedding_loss="supcon", frozen_fraction=1.0)
+    assert TrainConfig(embedding_loss="supcon", frozen_fraction=0.5).frozen_fraction == 0.5
 
 
 def test_policy_spreads_predictions_evenly_in_log_time():
