@@ -7,6 +7,7 @@ InceptionV3 load torchvision's own weight files when a user drops them there.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,13 +126,14 @@ class FeatureExtractor(nn.Module):
             units += [part for part in parts if any(True for _ in part.parameters())]
         return units
 
-    def freeze(self, fraction: float) -> int:
-        """Stop training the first `fraction` of `units()` (rounded); return how many."""
+    def freeze(self, fraction: float) -> list[nn.Module]:
+        """Stop training the first `fraction` of `units()` (to the nearest unit, halves up);
+        return them."""
         units = self.units()
-        count = round(fraction * len(units))
-        for unit in units[:count]:
+        frozen = units[:math.floor(fraction * len(units) + 0.5)]
+        for unit in frozen:
             unit.requires_grad_(False)
-        return count
+        return frozen
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.adapter is not None:

@@ -18,6 +18,9 @@ LOSSES = ("cross_entropy", "cosine")
 EMBEDDING_LOSSES = ("none", "supcon", "contrastive", "triplet")
 SIAMESE_LOSSES = ("contrastive", "triplet")
 BATCH_SIZES = (16, 32, 64, 128)
+# An embedding loss trains the backbone: every zoo backbone has at least 10 blocks, so this
+# leaves at least one of them to train.
+EMBEDDING_MAX_FROZEN = 0.9
 
 
 class ConfigError(ValueError):
@@ -77,10 +80,10 @@ class TrainConfig:
             raise ConfigError(f"{source}: field 'augmentation' must be 'none' with embedding_loss "
                               f"{self.embedding_loss!r}: MixUp and CutMix blend the classes an "
                               f"embedding loss needs")
-        if self.embedding_loss != "none" and self.frozen_fraction == 1.0:
-            raise ConfigError(f"{source}: field 'frozen_fraction' must be below 1 with "
-                              f"embedding_loss {self.embedding_loss!r}, which trains the "
-                              f"backbone")
+        if self.embedding_loss != "none" and self.frozen_fraction > EMBEDDING_MAX_FROZEN:
+            raise ConfigError(f"{source}: field 'frozen_fraction' must be at most "
+                              f"{EMBEDDING_MAX_FROZEN} with embedding_loss "
+                              f"{self.embedding_loss!r}, which trains the backbone")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":

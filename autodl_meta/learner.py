@@ -9,8 +9,8 @@ phase (`Phase`):
   or when AUTODL_META_LEARNING=0); then PIXEL in the same call: logistic regression on pixels,
   so the first `test()` returns a real prediction within seconds.
 - HEAD: the network is built and a linear head fitted on its frozen features.
-- FINE_TUNE: the whole network trains for a slice sized by the TimePolicy, while more of the
-  training set is decoded.
+- FINE_TUNE: the network (but the blocks the config's `frozen_fraction` freezes) trains for a
+  slice sized by the TimePolicy, while more of the training set is decoded.
 Every model is a candidate of the `Blend`: it joins the prediction only when the blend's
 validation NAUC rises, so `test()` computes a new prediction only then and otherwise returns the
 last one at no cost. No exception escapes `train`/`test`: a failure is logged once (then

@@ -4,7 +4,8 @@ A stage fits one kind of model on the `TrainingPool` and returns a `Candidate`: 
 scores on the pool's validation rows, and how to score the test set.
 - `PixelStage`: logistic regression on 16 x 16 pixels, within a second (the first prediction).
 - `HeadStage`: a linear head on frozen pretrained features (of the Trainer's backbone).
-- `FineTuneStage`: trains the whole network for a time slice; a new candidate after each.
+- `FineTuneStage`: trains the network (its blocks past the config's `frozen_fraction`, and the
+  head) for a time slice; a new candidate after each.
 
 `Blend` keeps the candidates worth predicting with and their weights, from greedy ensemble
 selection on the validation rows (`validation.blend_weights`): a candidate joins only when the
@@ -132,7 +133,8 @@ class HeadStage:
 
 
 class FineTuneStage:
-    """Fine-tunes the Trainer's whole network on the fitting rows, a time slice at a time."""
+    """Fine-tunes the Trainer's network (but its frozen blocks) on the fitting rows, a time
+    slice at a time."""
 
     name = "network"
 

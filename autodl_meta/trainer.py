@@ -76,7 +76,7 @@ class Trainer:
                                 mlp_head=config.mlp_head).to(
             self.device, memory_format=MEMORY_FORMAT)
         # Frozen before the optimiser is made, which trains only what still needs gradients.
-        self.frozen_units = extractor.freeze(config.frozen_fraction)
+        self.frozen = extractor.freeze(config.frozen_fraction)
         self.projection = (projection_head(extractor.num_features).to(self.device)
                            if config.embedding_loss != "none" else None)
         self.optimizer: torch.optim.Optimizer | None = None
@@ -154,12 +154,12 @@ class Trainer:
         head = list(self.model.head.parameters())
         head_ids = {id(p) for p in head}
         backbone = [p for p in self.model.parameters()
-                    if id(p) not in head_ids and p.requires_grad]
+                    if id(p) not in head_ids and p.requires_grad]  # frozen blocks: none
         if self.projection is not None:
             head += list(self.projection.parameters())  # new layers learn at the head's rate
         lr = self.config.learning_rate
         groups = [{"params": head, "lr": lr}]
-        if backbone:  # none when the whole backbone is frozen
+        if backbone:
             groups.append({"params": backbone, "lr": lr * BACKBONE_LR_SCALE})
         if self.config.optimizer == "adam":
             return torch.optim.Adam(groups, lr=lr)
@@ -230,6 +230,9 @@ class Trainer:
         for module in self.model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
+        # Frozen blocks compute the features they will predict with: no drop-connect.
+        for unit in self.frozen:
+            unit.eval()
 
     def train_step(self, batch: torch.Tensor, targets: torch.Tensor,
                    embedding: bool = False) -> None:

@@ -1,9 +1,10 @@
-"""The cost table: measured forward + backward times per backbone and input shape.
+"""The cost table: measured forward + backward times per backbone, input shape and frozen share.
 
 Timing a run on a shared, noisy machine makes its ALC irreproducible, so (as in the paper) the
 time of one training step and of prediction is measured per backbone, resolution and batch size
-on a reference machine (`python -m offline profile`), stored in `results/cost_table.json`, and
-a run's time is then simulated from its number of steps, batch size and image shape.
+(the step also per share of the backbone left frozen) on a reference machine (`python -m
+offline profile`), stored in `results/cost_table.json`, and a run's time is then simulated from
+its number of steps, batch size, image shape and frozen share.
 Files are validated on load; errors name the file and the field at fault.
 """
 from __future__ import annotations
@@ -15,8 +16,11 @@ import os
 import statistics
 from dataclasses import asdict, dataclass, fields
 from datetime import date
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from autodl_meta.config import TrainConfig
 
 
 class CostTableError(ValueError):
@@ -25,7 +29,7 @@ class CostTableError(ValueError):
 
 @dataclass(frozen=True)
 class CostEntry:
-    """The costs of one backbone at one input shape."""
+    """The costs of one backbone at one input shape, training all but `frozen_fraction` of it."""
 
     backbone: str
     resolution: int                      # images are resolution x resolution, 3 channels
@@ -138,7 +142,8 @@ class CostTable:
                            frozen_fraction: float = 0.0) -> float:
         """Seconds of one training step of `batch_size` images of `resolution`^2 pixels, with
         `frozen_fraction` of the backbone frozen: linear between the two nearest measured
-        fractions (a frozen block saves its backward pass), never beyond them."""
+        fractions (a frozen block saves its backward pass); a fraction outside the measured
+        ones is an error."""
         if resolution <= 0 or batch_size <= 0:
             raise ValueError(f"resolution and batch_size must be positive, got {resolution}, "
                              f"{batch_size}")
@@ -158,7 +163,16 @@ class CostTable:
 
     def _train_step_at(self, backbone: str, resolution: int, batch_size: int,
                        frozen_fraction: float) -> float:
-        """`train_step_seconds` at a measured frozen fraction."""
+        """`train_step_seconds` at a measured frozen fraction, never above its cost at a smaller
+        measured fraction: freezing more never costs more, whatever the timing noise or the
+        shapes measured at each fraction."""
+        return min(self._train_step_measured(backbone, resolution, batch_size, fraction)
+                   for fraction in {e.frozen_fraction for e in self._of(backbone)}
+                   if fraction <= frozen_fraction)
+
+    def _train_step_measured(self, backbone: str, resolution: int, batch_size: int,
+                             frozen_fraction: float) -> float:
+        """The step cost from the entries of one frozen fraction alone."""
         by_batch: dict[int, list[tuple[float, float]]] = {}
         for entry in self._of(backbone):
             if entry.frozen_fraction != frozen_fraction:
@@ -247,3 +261,17 @@ class CostTable:
         except json.JSONDecodeError as err:
             raise CostTableError(f"{path}: not valid JSON: {err}") from err
         return cls.from_dict(values, source=str(path))
+
+
+def check_prices(table: CostTable, configs: Mapping[str, TrainConfig], source: str) -> None:
+    """Raise CostTableError naming each of `configs` whose training steps `table` (read from
+    `source`) cannot price, before any run is spent finding it out."""
+    unpriced = []
+    for name, config in configs.items():
+        try:
+            table.train_step_seconds(config.backbone, config.resolution, config.batch_size,
+                                     config.frozen_fraction)
+        except KeyError as err:
+            unpriced.append(f"{name}: {err.args[0]}")
+    if unpriced:
+        raise CostTableError(f"{source} cannot price: " + "; ".join(unpriced))

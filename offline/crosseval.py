@@ -26,6 +26,7 @@ from autodl_meta.config import GENERALIST, TrainConfig
 from offline.cli import (add_budget_argument, add_run_arguments, add_store_arguments,
                          check_run_arguments, command_parser, emit_table, setup_logging)
 from offline.cluster import dask_client, run_all, threads_per_task
+from offline.costs import CostTable, CostTableError, check_prices
 from offline.evaluate import Evaluation, evaluate_task
 from offline.portfolio import load_portfolio
 from offline.store import ResultStore, alc_matrix
@@ -120,6 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not datasets:
             parser.error(f"{args.store} holds no incumbent: run python -m offline bohb first")
         configs = configs or candidate_configs(store)
+        if args.time_mode == "simulated":
+            try:
+                check_prices(CostTable.load(args.cost_table), configs, str(args.cost_table))
+            except CostTableError as err:
+                parser.error(str(err))
         with dask_client(args.scheduler, args.workers) as client:
             matrix = cross_evaluate(store, client, args.data_dir, datasets, configs,
                                     args.budget, args.seeds, args.time_mode, args.cost_table)

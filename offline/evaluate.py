@@ -10,8 +10,8 @@ SMAC or Dask: any engine can call `evaluate` (Dask workers call `evaluate_task`)
 
 Time is wall-clock by default. With a cost table (`time_mode="simulated"`), each prediction's
 time is re-timed: the measured training time is replaced by steps x the table's step cost for
-the config's backbone, resolution and batch size, which removes the noise of a shared machine
-from the dominant part (the paper's lookup-table ALC).
+the config's backbone, resolution, batch size and frozen fraction, which removes the noise of a
+shared machine from the dominant part (the paper's lookup-table ALC).
 """
 from __future__ import annotations
 

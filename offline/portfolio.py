@@ -7,10 +7,11 @@ at `--budget`: each next one is the incumbent that most raises the mean over dat
 best ALC among those chosen (so a second incumbent that wins where the first already wins adds
 nothing). And configs that differ on purpose in what a short-budget search cannot see or did not
 try: a larger backbone (Lite1, Lite2), a lower or a higher resolution, Adam at a small learning
-rate, CutMix, and a frozen backbone (only the head trains, on every example, at about the cost
-of a forward pass) or a half-frozen one (Lite2 at 128 px for the price of less). (Adam at 1e-3, batch 32 and 64 px on Lite0 and on Lite2, tried in place of CutMix
-and Lite2 at 96 px, lost on the matrix's first tasks at 180 s: 0.664 and 0.575 on cifar10, 0.435
-and 0.272 on its grey 16-px task, against 0.745 and 0.636 for Adam at 32 px.) The portfolio is
+rate, CutMix, a frozen backbone (only the head trains, on every example, each step about a
+forward pass) and a half-frozen one (Lite2 at 128 px for a cheaper step). (Adam at 1e-3, batch
+32 and 64 px on Lite0 and on Lite2, tried in place of CutMix and Lite2 at 96 px, lost on the
+matrix's first tasks at 180 s: 0.664 and 0.575 on cifar10, 0.435 and 0.272 on its grey 16-px
+task, against 0.745 and 0.636 for Adam at 32 px.) The portfolio is
 written to `results/portfolio.json` ({name: TrainConfig}), validated field by field when
 loaded; `python -m offline crosseval --portfolio` runs it.
 """

@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "results" / "cost_table.json"
 NUM_CLASSES = 10
+# Shares of the backbone frozen in training that the table prices; in between, linearly.
+FROZEN_FRACTIONS = (0.0, 0.5, 1.0)
 
 
 class ProfileError(RuntimeError):
@@ -131,7 +133,7 @@ def _busy(device: torch.device, threads: int) -> bool:
 def run_profile(backbones: Sequence[str], resolutions: Sequence[int],
                 batch_sizes: Sequence[int], repeats: int, out: Path, device: torch.device,
                 threads: int, force: bool = False,
-                frozen_fractions: Sequence[float] = (0.0,)) -> tuple[CostTable, int]:
+                frozen_fractions: Sequence[float] = FROZEN_FRACTIONS) -> tuple[CostTable, int]:
     """Measure the shapes missing from `out` (all of them with `force`), rewriting `out` after
     each; return the table and the number of entries measured."""
     torch.set_num_threads(threads)
@@ -144,8 +146,9 @@ def run_profile(backbones: Sequence[str], resolutions: Sequence[int],
         table = None
     table = table or CostTable(name, date.today().isoformat(), [])
     pending = [(backbone, frozen, resolution, batch_size) for backbone in backbones
-               for frozen in frozen_fractions for resolution in resolutions
-               for batch_size in batch_sizes
+               for frozen in dict.fromkeys(frozen_fractions)
+               for resolution in dict.fromkeys(resolutions)
+               for batch_size in dict.fromkeys(batch_sizes)
                if force or table.find(backbone, resolution, batch_size, frozen) is None]
     logger.info("%s: %d entries to measure, %d kept, on %s", out, len(pending),
                 len(table.entries), name)
@@ -228,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
                         default=[16, 32, 64, 128],
                         help="training batch sizes")
     parser.add_argument("--frozen-fractions", nargs="+", type=_fraction, metavar="F",
-                        default=[0.0, 0.5, 1.0],
+                        default=list(FROZEN_FRACTIONS),
                         help="shares of the backbone frozen in training (TrainConfig."
                              "frozen_fraction); simulated time prices fractions in between "
                              "linearly")

@@ -59,7 +59,8 @@ def test_fine_tuning_leaves_the_frozen_share_of_the_backbone_as_it_was(fraction)
                       device=torch.device("cpu"))
     units = trainer.model.extractor.units()
     # Lite0: stem convolution and its norm, 16 blocks, head convolution and its norm.
-    assert len(units) == 20 and trainer.frozen_units == round(fraction * 20)
+    frozen = len(trainer.frozen)
+    assert len(units) == 20 and frozen == fraction * 20
     before = [[p.detach().clone() for p in unit.parameters()] for unit in units]
     head = trainer.model.head.weight.detach().clone()
     images = torch.randint(0, 256, (16, 1, 3, 32, 32), dtype=torch.uint8)
@@ -67,5 +68,9 @@ def test_fine_tuning_leaves_the_frozen_share_of_the_backbone_as_it_was(fraction)
     trainer.train_for(images, labels, seconds=0.0)  # one step
     changed = [any(not torch.equal(old, new) for old, new in zip(saved, unit.parameters()))
                for saved, unit in zip(before, units)]
-    assert changed == [False] * trainer.frozen_units + [True] * (20 - trainer.frozen_units)
+    assert changed == [False] * frozen + [True] * (20 - frozen)
+    # Frozen blocks compute in eval mode (no drop-connect), the blocks that train do not.
+    blocks = trainer.model.extractor.network._blocks
+    assert [block.training for block in blocks] == [unit not in trainer.frozen
+                                                    for unit in blocks]
     assert not torch.equal(head, trainer.model.head.weight)

@@ -140,6 +140,12 @@ def test_frozen_fractions_in_between_are_priced_linearly():
     assert table.train_step_seconds("efficientnet-lite0", 80, 32, 1.0) == pytest.approx(0.4 * full)
     assert table.train_step_seconds("efficientnet-lite0", 80, 32, 0.25) == \
         pytest.approx(0.85 * full)
+    # Timing noise never makes freezing more cost more.
+    noisy = table.find("efficientnet-lite0", 64, 32, 1.0)
+    table.put(CostEntry(noisy.backbone, 64, 32, 2 * full, noisy.predict_seconds_per_example,
+                        frozen_fraction=1.0))
+    assert table.train_step_seconds("efficientnet-lite0", 64, 32, 1.0) == \
+        table.train_step_seconds("efficientnet-lite0", 64, 32)
     # Prediction is the same whatever training froze.
     assert table.predict_seconds("efficientnet-lite0", 64, 10) == \
         pytest.approx(_table().predict_seconds("efficientnet-lite0", 64, 10))
@@ -187,3 +193,32 @@ def test_the_shipped_table_is_valid_and_costs_grow_with_the_backbone():
     steps = [table.train_step_seconds(backbone, 128, 128)
              for backbone in ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")]
     assert 0 < steps[0] < steps[1] < steps[2]
+
+
+def test_a_config_the_table_cannot_price_is_named_before_any_run(tmp_path, capsys):
+    from autodl_meta.config import TrainConfig
+    from offline import crosseval
+    from offline.costs import check_prices
+    from offline.portfolio import save_portfolio
+
+    configs = {"trained": TrainConfig(), "frozen": TrainConfig(frozen_fraction=1.0),
+               "resnet": TrainConfig(backbone="resnet18")}
+    with pytest.raises(CostTableError, match="cannot price: frozen: .*outside the fractions.*; "
+                                             "resnet: .*'resnet18' is not in the cost table"):
+        check_prices(_table(), configs, "table.json")
+    table, portfolio = tmp_path / "table.json", tmp_path / "portfolio.json"
+    _table().save(table)
+    save_portfolio(configs, portfolio, {})
+    with pytest.raises(SystemExit):
+        crosseval.main(["--portfolio", str(portfolio), "--datasets", "cifar10", "--store",
+                        str(tmp_path / "store.sqlite"), "--time", "simulated",
+                        "--cost-table", str(table)])
+    assert "cannot price: frozen" in capsys.readouterr().err
+
+
+def test_the_shipped_table_prices_every_portfolio_config():
+    from offline.costs import check_prices
+    from offline.portfolio import DEFAULT_PORTFOLIO, load_portfolio
+
+    shipped = Path(__file__).resolve().parents[1] / "results" / "cost_table.json"
+    check_prices(CostTable.load(shipped), load_portfolio(DEFAULT_PORTFOLIO), str(shipped))
