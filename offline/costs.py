@@ -10,13 +10,14 @@ Files are validated on load; errors name the file and the field at fault.
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import math
 import os
 import statistics
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import date
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -153,22 +154,16 @@ class CostTable:
                            f"fractions the cost table measured ({self.device}: "
                            f"{', '.join(f'{f:g}' for f in measured)}); python -m offline "
                            f"profile --frozen-fractions")
+        # A running minimum: freezing more never costs more, whatever the timing noise or the
+        # shapes measured at each fraction.
+        costs = list(itertools.accumulate(
+            (self._train_step_measured(backbone, resolution, batch_size, fraction)
+             for fraction in measured), min))
         right = bisect.bisect_left(measured, frozen_fraction)
         if measured[right] == frozen_fraction:
-            return self._train_step_at(backbone, resolution, batch_size, frozen_fraction)
-        low, high = measured[right - 1], measured[right]
-        weight = (frozen_fraction - low) / (high - low)
-        return ((1 - weight) * self._train_step_at(backbone, resolution, batch_size, low)
-                + weight * self._train_step_at(backbone, resolution, batch_size, high))
-
-    def _train_step_at(self, backbone: str, resolution: int, batch_size: int,
-                       frozen_fraction: float) -> float:
-        """`train_step_seconds` at a measured frozen fraction, never above its cost at a smaller
-        measured fraction: freezing more never costs more, whatever the timing noise or the
-        shapes measured at each fraction."""
-        return min(self._train_step_measured(backbone, resolution, batch_size, fraction)
-                   for fraction in {e.frozen_fraction for e in self._of(backbone)}
-                   if fraction <= frozen_fraction)
+            return costs[right]
+        weight = (frozen_fraction - measured[right - 1]) / (measured[right] - measured[right - 1])
+        return (1 - weight) * costs[right - 1] + weight * costs[right]
 
     def _train_step_measured(self, backbone: str, resolution: int, batch_size: int,
                              frozen_fraction: float) -> float:
