@@ -16,7 +16,7 @@ import math
 import os
 import statistics
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ class CostEntry:
 
 _ENTRY_FIELDS = tuple(f.name for f in fields(CostEntry))
 # Fields a file may leave out: tables measured before frozen backbones trained everything.
-_OPTIONAL_FIELDS = {"frozen_fraction": 0.0}
+_OPTIONAL_FIELDS = {f.name: f.default for f in fields(CostEntry) if f.default is not MISSING}
 _TABLE_FIELDS = ("device", "created", "entries")
 
 
