@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -120,9 +121,12 @@ class Learner:
     """One dataset's run: the state kept between the platform's train/test calls."""
 
     def __init__(self, metadata, config: TrainConfig | None = None, seed: int = 0,
-                 metadata_dir: Path = METADATA_DIR) -> None:
-        """`config` forces a configuration (no selection); otherwise `metadata_dir` decides."""
+                 metadata_dir: Path = METADATA_DIR,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """`config` forces a configuration (no selection); otherwise `metadata_dir` decides.
+        `clock` times the budget (seconds, monotonic): the wall clock but offline."""
         self.done_training = False
+        self.clock = clock
         self.metadata = metadata
         self.seed = seed
         self.output_dim = metadata.get_output_size()
@@ -215,7 +219,8 @@ class Learner:
     # -- the platform's API -------------------------------------------------------------------
     def train(self, dataset, remaining_time_budget: float | None = None) -> None:
         if self.policy is None:
-            self.policy = TimePolicy(remaining_time_budget or DEFAULT_TIME_BUDGET)
+            self.policy = TimePolicy(remaining_time_budget or DEFAULT_TIME_BUDGET,
+                                     clock=self.clock)
         if self.phase is Phase.DONE:
             self.done_training = True
             return
@@ -426,7 +431,8 @@ class Learner:
     def _fit_head(self) -> None:
         if self.trainer is None:  # kept when a failed head fit is tried again
             self.trainer = Trainer(self.config, self.output_dim, self.in_channels,
-                                   self.multilabel, device=self.device, seed=self.seed)
+                                   self.multilabel, device=self.device, seed=self.seed,
+                                   clock=self.clock)
             refine = None
             if self.use_gnn:
                 self.refinement = GraphRefinement(self.trainer.features, self.multilabel,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -67,8 +68,11 @@ class Trainer:
     """Owns the network and optimiser for one dataset."""
 
     def __init__(self, config: TrainConfig, num_classes: int, in_channels: int,
-                 multilabel: bool, device: torch.device | None = None, seed: int = 0) -> None:
+                 multilabel: bool, device: torch.device | None = None, seed: int = 0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """`clock` times `train_for`'s slices: the run's clock (autodl_meta/policy.py)."""
         self.config = config
+        self.clock = clock
         self.device = device or pick_device()
         self.generator = torch.Generator().manual_seed(seed)
         extractor = FeatureExtractor(config.backbone, in_channels)
@@ -86,8 +90,10 @@ class Trainer:
         self.use_amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.steps = 0
-        self.train_seconds = 0.0      # wall-clock spent in train_for, for simulated-time ALC
-        self.step_seconds: float | None = None
+        # Wall-clock seconds spent in those steps: an offline clock re-prices them (step by
+        # step, so that it moves during a slice too).
+        self.train_seconds = 0.0
+        self.step_seconds: float | None = None   # on self.clock
 
     @property
     def embedding_active(self) -> bool:
@@ -195,12 +201,11 @@ class Trainer:
         by_class = ([pool[group] for group in group_by_class(labels[pool])]
                     if self.embedding_active else [])
         self.start_training()
-        started = time.monotonic()
-        deadline = started + seconds
+        deadline = self.clock() + seconds
         batch_size = min(self.config.batch_size, len(pool))
         taken = 0
-        while taken == 0 or time.monotonic() + (self.step_seconds or 0) < deadline:
-            began = time.monotonic()
+        while taken == 0 or self.clock() + (self.step_seconds or 0) < deadline:
+            began, began_wall = self.clock(), time.monotonic()
             if by_class:
                 index = class_balanced_batch(by_class, batch_size, self.generator)
             else:
@@ -210,12 +215,12 @@ class Trainer:
             batch = to_float(images[index, frame], self.device)
             targets = labels[index].to(self.device)
             self.train_step(*self._augment(batch, targets), embedding=bool(by_class))
-            elapsed = time.monotonic() - began
+            self.steps += 1
+            self.train_seconds += time.monotonic() - began_wall
+            elapsed = self.clock() - began
             self.step_seconds = elapsed if self.step_seconds is None else \
                 0.8 * self.step_seconds + 0.2 * elapsed
             taken += 1
-        self.steps += taken
-        self.train_seconds += time.monotonic() - started
         return taken
 
     def start_training(self) -> None:

@@ -8,10 +8,12 @@ spent; every prediction is scored with the platform's NAUC and the curve with it
 budget, with the same time policy, validation guard and first predictions. Nothing here imports
 SMAC or Dask: any engine can call `evaluate` (Dask workers call `evaluate_task`).
 
-Time is wall-clock by default. With a cost table (`time_mode="simulated"`), each prediction's
-time is re-timed: the measured training time is replaced by steps x the table's step cost for
-the config's backbone, resolution, batch size and frozen fraction, which removes the noise of a
-shared machine from the dominant part (the paper's lookup-table ALC).
+Time is wall-clock by default. With a cost table (`time_mode="simulated"`), the run is timed by
+a clock that replaces the wall time spent in training steps with steps x the table's step cost
+for the config's backbone, resolution, batch size and frozen fraction (the paper's lookup-table
+ALC). The learner sizes its slices and the harness stops the run on that clock, so a run does
+the same training whether its worker has one thread or two, or shares the machine: the noise of
+a shared machine leaves the dominant part of the time, and of the work.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import torch
 from autodl_meta.config import TrainConfig
 from offline.costs import CostTable
 from autodl_meta.learner import Learner
+from autodl_meta.trainer import Trainer
 from ingestion_local import AutoDLDataset
 from scoring_local.metrics import accuracy, alc, is_multiclass, nauc
 
@@ -107,47 +110,53 @@ def evaluate(config: TrainConfig, dataset_dir: Path, budget: float, seed: int = 
     train, test = AutoDLDataset(data / "train"), AutoDLDataset(data / "test")
     torch.manual_seed(seed)
     began = time.monotonic()
-    learner = Learner(train.get_metadata(), config=config, seed=seed)
+    clock = time.monotonic
+    if time_mode == "simulated":
+        def clock() -> float:  # first read in learner.train(), when both names below are set
+            return _simulated_now(learner.trainer, step_seconds)
+    learner = Learner(train.get_metadata(), config=config, seed=seed, clock=clock)
+    if time_mode == "simulated":  # an unpriced config fails here, not inside the run
+        step_seconds = cost_table.train_step_seconds(
+            learner.config.backbone, learner.resolution, learner.config.batch_size,
+            learner.config.frozen_fraction)
     if threads:  # the Learner takes every core; a Dask worker shares them with others
         torch.set_num_threads(threads)
-    start = time.monotonic()
-    timestamps, simulated, scores, accuracies = [], [], [], []
+    start, wall_start = clock(), time.monotonic()
+    timestamps, wall_timestamps, scores, accuracies = [], [], [], []
     while not learner.done_training:
-        remaining = start + budget - time.monotonic()
+        remaining = start + budget - clock()
         if remaining <= 0:
             break
         learner.train(train.get_dataset(), remaining_time_budget=remaining)
-        remaining = start + budget - time.monotonic()
+        remaining = start + budget - clock()
         prediction = learner.test(test.get_dataset(), remaining_time_budget=remaining)
-        elapsed = time.monotonic() - start
+        elapsed = clock() - start
         if elapsed > budget:  # the platform would have stopped the run before this one
             break
         timestamps.append(elapsed)
-        if cost_table is not None:
-            simulated.append(_simulated_time(elapsed, learner, cost_table))
+        wall_timestamps.append(time.monotonic() - wall_start)
         scores.append(nauc(solution, prediction))
         accuracies.append(accuracy(solution, prediction) if is_multiclass(solution) else 0.0)
-    times = simulated if time_mode == "simulated" else timestamps
     if time_mode == "simulated" and timestamps:
         logger.info("%s: last prediction at %.1f s simulated, %.1f s on the wall clock",
-                    name, simulated[-1], timestamps[-1])
+                    name, timestamps[-1], wall_timestamps[-1])
     return Evaluation(
-        dataset=name, budget=budget, seed=seed, alc=alc(times, scores, budget),
+        dataset=name, budget=budget, seed=seed, alc=alc(timestamps, scores, budget),
         final_nauc=scores[-1] if scores else 0.0,
         final_accuracy=accuracies[-1] if accuracies else 0.0,
-        timestamps=[round(t, 3) for t in times], scores=[round(s, 6) for s in scores],
+        timestamps=[round(t, 3) for t in timestamps], scores=[round(s, 6) for s in scores],
         wall_seconds=time.monotonic() - began, time_mode=time_mode, notes=list(learner.notes),
         accuracies=[round(a, 6) for a in accuracies], anytime=True,
-        wall_timestamps=[round(t, 3) for t in timestamps])
+        wall_timestamps=[round(t, 3) for t in wall_timestamps])
 
 
-def _simulated_time(elapsed: float, learner: Learner, cost_table: CostTable) -> float:
-    trainer, config = learner.trainer, learner.config
+def _simulated_now(trainer: Trainer | None, step_seconds: float) -> float:
+    """The monotonic wall clock, less the wall time of the training steps taken so far, plus
+    their price, `step_seconds` each."""
+    now = time.monotonic()
     if trainer is None:
-        return elapsed
-    step = cost_table.train_step_seconds(config.backbone, learner.resolution, config.batch_size,
-                                         config.frozen_fraction)
-    return elapsed - trainer.train_seconds + trainer.steps * step
+        return now
+    return now - trainer.train_seconds + trainer.steps * step_seconds
 
 
 def evaluate_task(config: dict[str, Any], dataset_dir: str, budget: float, seed: int,

@@ -34,6 +34,19 @@ def test_evaluate_runs_the_submission_and_scores_its_curve(small_image_dataset):
     assert result.wall_timestamps == sorted(result.wall_timestamps)
 
 
+
+def test_a_simulated_run_sizes_its_slices_and_stops_on_the_priced_clock(small_image_dataset):
+    """Steps priced far above their wall time: the run is over on the priced clock long before
+    the wall clock reaches the budget, so a slow or shared worker does the same training as a
+    fast one instead of fewer steps in the same wall time."""
+    table = CostTable(device="test", created="2026-01-01", entries=[
+        CostEntry("efficientnet-lite0", 32, 16, 1.0, 0.001)])
+    result = evaluate(SMALL, small_image_dataset, budget=12, seed=0, time_mode="simulated",
+                      cost_table=table, threads=1)
+    assert result.error is None and max(result.timestamps) <= 12
+    assert result.wall_timestamps[-1] < result.timestamps[-1] - 1
+    assert result.wall_seconds < 12
+
 @pytest.mark.slow
 def test_bohb_on_a_two_worker_local_cluster_resumes(small_image_dataset, tmp_path):
     store_path = tmp_path / "store.sqlite"
