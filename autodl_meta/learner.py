@@ -46,7 +46,7 @@ from autodl_meta.record import ErrorLog, PredictionEntry, RunRecord, TimeLedger,
 from autodl_meta.stages import (HEAD_SECONDS, HEAD_SHARE, Blend, Candidate, FineTuneStage,
                                 HeadStage, PixelStage)
 from autodl_meta.techniques import GraphRefinement
-from autodl_meta.trainer import Trainer, pick_device, usable_cores
+from autodl_meta.trainer import Trainer, keep_freed_memory, pick_device, usable_cores
 from autodl_meta.validation import nauc
 from autodl_meta.zeroshot import meta_features
 
@@ -135,6 +135,7 @@ class Learner:
         self.device = pick_device()
         if self.device.type == "cpu":
             torch.set_num_threads(usable_cores())
+        keep_freed_memory()
         self.record = RunRecord()
         self.ledger = TimeLedger()
         self.errors = ErrorLog()

@@ -9,11 +9,13 @@ budget, with the same time policy, validation guard and first predictions. Nothi
 SMAC or Dask: any engine can call `evaluate` (Dask workers call `evaluate_task`).
 
 Time is wall-clock by default. With a cost table (`time_mode="simulated"`), the run is timed by
-a clock that replaces the wall time spent in training steps with steps x the table's step cost
-for the config's backbone, resolution, batch size and frozen fraction (the paper's lookup-table
-ALC). The learner sizes its slices and the harness stops the run on that clock, so a run does
-the same training whether its worker has one thread or two, or shares the machine: the noise of
-a shared machine leaves the dominant part of the time, and of the work.
+a clock that replaces the wall time the network spends with its price in the table (the paper's
+lookup-table ALC): training steps at the step cost of the config's backbone, resolution, batch
+size and frozen fraction, and images through an eval pass (features, validation, test, flips
+counted) at the prediction cost per image. The learner sizes its slices and passes and the
+harness stops the run on that clock, so a run does the same work whether its worker has one
+thread or two, or shares the machine; only reading and decoding records and the small
+pixel-level and linear fits keep their wall-clock times.
 """
 from __future__ import annotations
 
@@ -113,12 +115,10 @@ def evaluate(config: TrainConfig, dataset_dir: Path, budget: float, seed: int = 
     clock = time.monotonic
     if time_mode == "simulated":
         def clock() -> float:  # first read in learner.train(), when both names below are set
-            return _simulated_now(learner.trainer, step_seconds)
+            return _simulated_now(learner.trainer, prices)
     learner = Learner(train.get_metadata(), config=config, seed=seed, clock=clock)
     if time_mode == "simulated":  # an unpriced config fails here, not inside the run
-        step_seconds = cost_table.train_step_seconds(
-            learner.config.backbone, learner.resolution, learner.config.batch_size,
-            learner.config.frozen_fraction)
+        prices = _Prices.of(learner, cost_table)
     if threads:  # the Learner takes every core; a Dask worker shares them with others
         torch.set_num_threads(threads)
     start, wall_start = clock(), time.monotonic()
@@ -150,13 +150,29 @@ def evaluate(config: TrainConfig, dataset_dir: Path, budget: float, seed: int = 
         wall_timestamps=[round(t, 3) for t in wall_timestamps])
 
 
-def _simulated_now(trainer: Trainer | None, step_seconds: float) -> float:
-    """The monotonic wall clock, less the wall time of the training steps taken so far, plus
-    their price, `step_seconds` each."""
+@dataclass(frozen=True)
+class _Prices:
+    """What the cost table charges for one run's network work."""
+
+    step_seconds: float             # one training step
+    image_seconds: float            # one image through an eval pass
+
+    @classmethod
+    def of(cls, learner: Learner, cost_table: CostTable) -> "_Prices":
+        config, resolution = learner.config, learner.resolution
+        return cls(cost_table.train_step_seconds(config.backbone, resolution, config.batch_size,
+                                                 config.frozen_fraction),
+                   cost_table.predict_seconds(config.backbone, resolution, 1))
+
+
+def _simulated_now(trainer: Trainer | None, prices: _Prices) -> float:
+    """The monotonic wall clock, less the wall time of the network's work so far, plus its
+    price."""
     now = time.monotonic()
     if trainer is None:
         return now
-    return now - trainer.train_seconds + trainer.steps * step_seconds
+    return (now - trainer.train_seconds - trainer.forward_seconds +
+            trainer.steps * prices.step_seconds + trainer.forward_images * prices.image_seconds)
 
 
 def evaluate_task(config: dict[str, Any], dataset_dir: str, budget: float, seed: int,

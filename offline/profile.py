@@ -4,12 +4,14 @@
                               [--batch-sizes 16 32 64 128] [--frozen-fractions 0 0.5 1]
                               [--out results/cost_table.json]
 
-Times the runtime's own Trainer (the default config's optimiser, 10 classes) on random images:
-its training step (`Trainer.train_step`: cross-entropy, gradient clipping, mixed precision on
-CUDA) with each share of the backbone frozen (TrainConfig.frozen_fraction), and an eval-mode
-forward at the trainer's prediction batch. Each cost is
-the fastest of --repeats timed runs after one warm-up run: other work on a shared machine only
-ever adds time, so the minimum is the most faithful reading. Entries already in --out for the same
+Times the runtime's own Trainer (the default config's optimiser, 10 classes) on random images,
+through the loops a run uses: its training steps as `Trainer.train_for` takes them (each batch
+gathered from a pool, converted, flipped, then cross-entropy, gradient clipping, mixed precision
+on CUDA), with each share of the backbone frozen (TrainConfig.frozen_fraction), and its eval
+pass (`Trainer.features`: batches of PREDICT_BATCH images). Each cost is the fastest of
+--repeats timed blocks (TRAIN_BLOCK_STEPS steps; a pass over PASS_BATCHES batches) after a
+warm-up: other work on a shared machine only ever adds time, so the minimum is the most faithful
+reading, and blocks of several batches average what varies from one batch to the next. Entries already in --out for the same
 device are kept and the file is rewritten after every measurement, so an interrupted run goes on
 where it stopped; --force measures again.
 """
@@ -31,9 +33,9 @@ from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from autodl_meta.backbones import ZOO, Classifier, available_backbones
-from autodl_meta.config import TrainConfig
-from autodl_meta.trainer import PREDICT_BATCH, Trainer, to_float
+from autodl_meta.backbones import ZOO, available_backbones
+from autodl_meta.config import BATCH_SIZES, TrainConfig
+from autodl_meta.trainer import PREDICT_BATCH, Trainer, keep_freed_memory
 from offline.costs import CostEntry, CostTable, CostTableError
 from offline.cli import command_parser, setup_logging
 
@@ -44,6 +46,11 @@ DEFAULT_OUT = REPO_ROOT / "results" / "cost_table.json"
 NUM_CLASSES = 10
 # Shares of the backbone frozen in training that the table prices; in between, linearly.
 FROZEN_FRACTIONS = (0.0, 0.5, 1.0)
+# A timed block: about this many training steps, drawn from a pool of TRAIN_POOL_BATCHES
+# batches of images; an eval pass over PASS_BATCHES batches of PREDICT_BATCH images.
+TRAIN_BLOCK_STEPS = 4
+TRAIN_POOL_BATCHES = 4
+PASS_BATCHES = 4
 
 
 class ProfileError(RuntimeError):
@@ -67,60 +74,49 @@ def device_description(device: torch.device, threads: int) -> str:
     return f"cpu: {_cpu_name()}, {threads} threads"
 
 
-def _fastest_seconds(run: Callable[[], None], repeats: int, device: torch.device) -> float:
-    """Shortest wall time of `run` over `repeats` calls after one warm-up call."""
+def _timed(run: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call of `run`."""
+    # CUDA runs asynchronously: without synchronising, the clock would stop at the launch.
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    synchronize()
+    began = time.perf_counter()
     run()
-    times = []
+    synchronize()
+    return time.perf_counter() - began
+
+
+def _random_images(count: int, resolution: int, seed: int) -> torch.Tensor:
+    """`count` uint8 images, one frame each, as the runtime's pools hold them."""
+    return torch.randint(0, 256, (count, 1, 3, resolution, resolution),
+                         generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def time_train_step(trainer: Trainer, resolution: int, repeats: int) -> float:
+    """Seconds per step of `Trainer.train_for` (batches of its config's size) on a pool of
+    random images: the fastest of `repeats` blocks of about TRAIN_BLOCK_STEPS steps, after one
+    warm-up step."""
+    batch_size = trainer.config.batch_size
+    images = _random_images(TRAIN_POOL_BATCHES * batch_size, resolution,
+                            resolution * 1000 + batch_size)
+    labels = nn.functional.one_hot(torch.arange(len(images)) % NUM_CLASSES, NUM_CLASSES).float()
+    trainer.train_for(images, labels, 0.0)  # one step, which also gives its time
+    per_step = []
     for _ in range(repeats):
-        # CUDA runs asynchronously: without synchronising, the clock would stop at the launch.
-        synchronize()
-        began = time.perf_counter()
-        run()
-        synchronize()
-        times.append(time.perf_counter() - began)
-    return min(times)
+        steps = trainer.steps
+        seconds = _timed(lambda: trainer.train_for(images, labels,
+                                                   TRAIN_BLOCK_STEPS * trainer.step_seconds),
+                         trainer.device)
+        per_step.append(seconds / (trainer.steps - steps))
+    return min(per_step)
 
 
-def time_train_step(trainer: Trainer, resolution: int, batch_size: int, repeats: int) -> float:
-    """Seconds of one training step, the trainer's own (`Trainer.train_step`)."""
-    generator = torch.Generator().manual_seed(resolution * 1000 + batch_size)
-    images = to_float(torch.randint(0, 256, (batch_size, 3, resolution, resolution),
-                                    generator=generator, dtype=torch.uint8), trainer.device)
-    labels = torch.randint(0, NUM_CLASSES, (batch_size,), generator=generator)
-    # One-hot float targets, as the trainer passes them.
-    targets = nn.functional.one_hot(labels, NUM_CLASSES).float().to(trainer.device)
-    trainer.start_training()
-    return _fastest_seconds(lambda: trainer.train_step(images, targets), repeats,
-                            trainer.device)
-
-
-def time_predict(model: Classifier, resolution: int, repeats: int,
-                 device: torch.device) -> float:
-    """Seconds per image of an eval-mode forward at the trainer's prediction batch, halved
-    until it fits in GPU memory."""
-    model.eval()
-    batch_size = PREDICT_BATCH
-    while True:
-        images = to_float(torch.randint(0, 256, (batch_size, 3, resolution, resolution),
-                                        generator=torch.Generator().manual_seed(resolution),
-                                        dtype=torch.uint8), device)
-
-        @torch.no_grad()
-        def forward(images: torch.Tensor = images) -> None:
-            with torch.autocast(device.type, enabled=device.type == "cuda"):
-                model(images)
-
-        try:
-            return _fastest_seconds(forward, repeats, device) / batch_size
-        except torch.OutOfMemoryError:
-            if batch_size == 1:
-                raise
-        # Outside the handler, so that the failed forward's tensors are released first.
-        torch.cuda.empty_cache()
-        batch_size //= 2
-        logger.warning("prediction at %d px does not fit; trying batch %d", resolution,
-                       batch_size)
+def time_predict(trainer: Trainer, resolution: int, repeats: int) -> float:
+    """Seconds per image of `Trainer.features` over PASS_BATCHES batches of random images: the
+    fastest of `repeats` passes, after a warm-up batch."""
+    images = _random_images(PASS_BATCHES * PREDICT_BATCH, resolution, resolution)
+    trainer.features(images[:PREDICT_BATCH])
+    return min(_timed(lambda: trainer.features(images), trainer.device)
+               for _ in range(repeats)) / len(images)
 
 
 def _busy(device: torch.device, threads: int) -> bool:
@@ -137,6 +133,7 @@ def run_profile(backbones: Sequence[str], resolutions: Sequence[int],
     """Measure the shapes missing from `out` (all of them with `force`), rewriting `out` after
     each; return the table and the number of entries measured."""
     torch.set_num_threads(threads)
+    keep_freed_memory()  # as the runtime's Learner does
     name = device_description(device, threads)
     table = CostTable.load(out) if out.is_file() else None
     if table is not None and table.device != name:
@@ -162,18 +159,20 @@ def run_profile(backbones: Sequence[str], resolutions: Sequence[int],
             if not force:
                 predict = {e.resolution: e.predict_seconds_per_example for e in table.entries
                            if e.backbone == backbone}
-            for frozen in dict.fromkeys(f for b, f, _, _ in pending if b == backbone):
-                trainer = Trainer(TrainConfig(backbone=backbone, frozen_fraction=frozen),
+            # One trainer per shape of its training step: the batch size is the config's.
+            for frozen, batch_size in dict.fromkeys((f, n) for b, f, _, n in pending
+                                                    if b == backbone):
+                trainer = Trainer(TrainConfig(backbone=backbone, frozen_fraction=frozen,
+                                              batch_size=batch_size),
                                   NUM_CLASSES, in_channels=3, multilabel=False, device=device)
-                for _, _, resolution, batch_size in (p for p in pending
-                                                     if p[:2] == (backbone, frozen)):
+                for resolution in (r for b, f, r, n in pending
+                                   if (b, f, n) == (backbone, frozen, batch_size)):
                     bar.set_postfix_str(f"{backbone} {resolution} px, batch {batch_size}, "
                                         f"frozen {frozen:g}")
                     busy += _busy(device, threads)
-                    train = time_train_step(trainer, resolution, batch_size, repeats)
+                    train = time_train_step(trainer, resolution, repeats)
                     if resolution not in predict:
-                        predict[resolution] = time_predict(trainer.model, resolution, repeats,
-                                                           device)
+                        predict[resolution] = time_predict(trainer, resolution, repeats)
                     table.put(CostEntry(backbone, resolution, batch_size, train,
                                         predict[resolution], frozen))
                     table.save(out)
@@ -227,16 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resolutions", nargs="+", type=_resolution, metavar="PX",
                         default=[32, 64, 96, 128],
                         help="image sides in pixels")
-    parser.add_argument("--batch-sizes", nargs="+", type=_positive, metavar="N",
-                        default=[16, 32, 64, 128],
-                        help="training batch sizes")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, choices=BATCH_SIZES, metavar="N",
+                        default=list(BATCH_SIZES),
+                        help="training batch sizes, of a config's (%(default)s)")
     parser.add_argument("--frozen-fractions", nargs="+", type=_fraction, metavar="F",
                         default=list(FROZEN_FRACTIONS),
                         help="shares of the backbone frozen in training (TrainConfig."
                              "frozen_fraction); simulated time prices fractions in between "
                              "linearly")
     parser.add_argument("--repeats", type=_positive, default=3, metavar="N",
-                        help="timed runs per entry after one warm-up run; the fastest is kept "
+                        help="timed blocks per entry after a warm-up; the fastest is kept "
                              "(default: %(default)s)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="the table, read to resume and rewritten after every entry "

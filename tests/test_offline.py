@@ -35,12 +35,14 @@ def test_evaluate_runs_the_submission_and_scores_its_curve(small_image_dataset):
 
 
 
-def test_a_simulated_run_sizes_its_slices_and_stops_on_the_priced_clock(small_image_dataset):
-    """Steps priced far above their wall time: the run is over on the priced clock long before
-    the wall clock reaches the budget, so a slow or shared worker does the same training as a
-    fast one instead of fewer steps in the same wall time."""
+@pytest.mark.parametrize("step_seconds, image_seconds", [(1.0, 0.0001), (0.001, 0.02)])
+def test_a_simulated_run_sizes_its_work_and_stops_on_the_priced_clock(
+        small_image_dataset, step_seconds, image_seconds):
+    """Training steps, or images through eval passes, priced far above their wall time: the run
+    is over on the priced clock long before the wall clock reaches the budget, so a slow or
+    shared worker does the same work as a fast one instead of less in the same wall time."""
     table = CostTable(device="test", created="2026-01-01", entries=[
-        CostEntry("efficientnet-lite0", 32, 16, 1.0, 0.001)])
+        CostEntry("efficientnet-lite0", 32, 16, step_seconds, image_seconds)])
     result = evaluate(SMALL, small_image_dataset, budget=12, seed=0, time_mode="simulated",
                       cost_table=table, threads=1)
     assert result.error is None and max(result.timestamps) <= 12

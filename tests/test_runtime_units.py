@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import time
 from types import SimpleNamespace
 
@@ -15,7 +16,7 @@ from autodl_meta.learner import effective_resolution
 from autodl_meta.policy import TimePolicy
 from autodl_meta.quick import PixelLogistic
 from autodl_meta.stages import Blend, Candidate, HeadStage, PixelStage
-from autodl_meta.trainer import TIMED_FEATURE_BATCH, Trainer
+from autodl_meta.trainer import TIMED_FEATURE_BATCH, Trainer, keep_freed_memory
 from autodl_meta.validation import beats, choose_validation, nauc, stratified_order
 
 
@@ -77,6 +78,22 @@ def test_policy_never_plans_past_the_budget():
     policy.started -= 90
     assert policy.next_slice(test_seconds=4) <= 100 - 90 - 4 - policy.safety_seconds
     assert not policy.can_afford(test_seconds=4)
+
+
+def test_the_allocator_keeps_freed_memory_where_glibc_allows_it():
+    """On glibc both mallopt settings take; elsewhere the call changes nothing and says so."""
+    assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_a_trainer_counts_the_images_of_its_eval_passes():
+    """What a priced clock charges (offline/evaluate.py): every image, flips counted."""
+    trainer = Trainer(TrainConfig(resolution=32, batch_size=16, flip_tta=True), num_classes=3,
+                      in_channels=1, multilabel=False, device=torch.device("cpu"))
+    images = torch.randint(0, 256, (10, 2, 1, 32, 32), dtype=torch.uint8)  # 10 clips, 2 frames
+    trainer.features(images)
+    assert trainer.forward_images == 20 and trainer.forward_seconds > 0
+    trainer.predict(images)
+    assert trainer.forward_images == 20 + 2 * 20
 
 
 def test_pixel_logistic_separates_real_digits():
