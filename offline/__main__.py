@@ -7,7 +7,8 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 COMMANDS = {
-    "profile": ("offline.profile", "time forward+backward per backbone and shape: the cost table"),
+    "profile": ("offline.profile", "time training steps and eval passes per backbone and "
+                                   "shape: the cost table"),
     "bohb": ("offline.bohb", "BOHB per (known dataset, backbone) on SMAC3 + Dask"),
     "crosseval": ("offline.crosseval", "evaluate the incumbents (or a portfolio) on every known "
                                        "dataset or derived task"),

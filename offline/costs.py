@@ -1,10 +1,11 @@
-"""The cost table: measured forward + backward times per backbone, input shape and frozen share.
+"""The cost table: measured training-step and eval-pass times per backbone, input shape and
+frozen share.
 
 Timing a run on a shared, noisy machine makes its ALC irreproducible, so (as in the paper) the
-time of one training step and of prediction is measured per backbone, resolution and batch size
-(the step also per share of the backbone left frozen) on a reference machine (`python -m
-offline profile`), stored in `results/cost_table.json`, and a run's time is then simulated from
-its number of steps, batch size, image shape and frozen share.
+time of one training step and of one image through an eval pass is measured per backbone,
+resolution and batch size (the step also per share of the backbone left frozen) on a reference
+machine (`python -m offline profile`), stored in `results/cost_table.json`, and a run's clock
+then charges those prices for its steps and eval images (offline/evaluate.py).
 Files are validated on load; errors name the file and the field at fault.
 """
 from __future__ import annotations
