@@ -31,8 +31,8 @@ class TimePolicy:
     # Shorter slices spend more on validation and data reading than on training.
     min_slice_seconds: float = 3.0
     # Seconds on some monotonic clock: the wall clock on the platform; the offline harness
-    # passes one that prices training steps from a cost table, so that a run does the same
-    # training whatever the machine's load (offline/evaluate.py).
+    # passes one that prices the network's work from a cost table, so that a run does the same
+    # work whatever the machine's load (offline/evaluate.py).
     clock: Callable[[], float] = time.monotonic
     started: float = field(init=False)
 
