@@ -124,7 +124,8 @@ class Learner:
                  metadata_dir: Path = METADATA_DIR,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """`config` forces a configuration (no selection); otherwise `metadata_dir` decides.
-        `clock` times the budget (seconds, monotonic): the wall clock but offline."""
+        `clock` times the budget and what is planned within it (seconds, monotonic): the
+        wall clock, unless an offline harness prices the network's work (offline/evaluate.py)."""
         self.done_training = False
         self.clock = clock
         self.metadata = metadata
@@ -437,7 +438,7 @@ class Learner:
             refine = None
             if self.use_gnn:
                 self.refinement = GraphRefinement(self.trainer.features, self.multilabel,
-                                                  self.seed)
+                                                  self.seed, clock=self.clock)
                 refine = self._refine
             self.head = HeadStage(self.trainer, self.seed, refine)
             self.fine_tune = FineTuneStage(self.trainer, refine)
@@ -487,23 +488,22 @@ class Learner:
             if self.head_candidate.test_scores is None:
                 self.head_candidate.score_test = None
             self.head_candidate = None
-        began = time.monotonic()
+        began = self.clock()
         if not self.data.exhausted and self._needs_examples(slice_seconds):
             with self.ledger.timed("read_train"):
                 self.data.read(seconds=max(1.0, READ_SHARE * slice_seconds))
             self._count_undecodable("train", self.data.undecodable)
         pool = self.data.pool
         with self.ledger.timed("train"):
-            steps = self.fine_tune.train(pool, max(slice_seconds - (time.monotonic() - began),
-                                                   0.5))
+            steps = self.fine_tune.train(pool, max(slice_seconds - (self.clock() - began), 0.5))
         self.blend.drop_untestable()
         self._place_graph_nodes()  # the pool grew and the network moved: embedded anew
         self._check_embedding_pace()
-        reviewed = time.monotonic()
+        reviewed = self.clock()
         with self.ledger.timed("validate"):
             candidate = self.fine_tune.candidate(pool)
             accepted = self._consider(candidate)
-        self.review_seconds = time.monotonic() - reviewed
+        self.review_seconds = self.clock() - reviewed
         validated = len(pool.validation_rows())
         if validated:
             self.test_seconds = (self.fine_tune.validation_seconds * self._test_count() /

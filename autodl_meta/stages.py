@@ -55,14 +55,16 @@ class Candidate:
     score_test: Callable[[TestSet], np.ndarray] | None
     test_scores: np.ndarray | None = None
     test_seconds: float = 0.0
+    # Times the test pass: the run's clock for a network's candidates (autodl_meta/policy.py).
+    clock: Callable[[], float] = time.monotonic
 
     def test(self, test_set: TestSet) -> np.ndarray:
         if self.test_scores is None:
             if self.score_test is None:
                 raise RuntimeError(f"{self.name}: no test scores and its model has changed")
-            began = time.monotonic()
+            began = self.clock()
             self.test_scores = np.asarray(self.score_test(test_set), dtype=np.float64)
-            self.test_seconds = time.monotonic() - began
+            self.test_seconds = self.clock() - began
         return self.test_scores
 
 
@@ -112,14 +114,14 @@ class HeadStage:
     def fit(self, pool: TrainingPool, seconds: float) -> Candidate:
         validation = pool.validation_rows()
         rows = _subset(pool.fit_rows(), HEAD_MAX_EXAMPLES, self.seed)
-        began = time.monotonic()
+        clock = self.trainer.clock
+        began = clock()
         validation_features = self.trainer.features(pool.images[validation])
         # On a slow machine or an almost spent budget, the head learns from what was embedded
         # in its time rather than overrun the budget.
         features = self.trainer.features(pool.images[rows], seconds=seconds)
         self.examples = len(features)
-        self.seconds_per_example = (time.monotonic() - began) / max(1, self.examples +
-                                                                    len(validation))
+        self.seconds_per_example = (clock() - began) / max(1, self.examples + len(validation))
         self.trainer.fit_head(features, pool.labels[rows[:len(features)]])
         trainer, refine = self.trainer, self.refine
 
@@ -129,7 +131,7 @@ class HeadStage:
             return scores if refine is None else refine(scores, test_features)
 
         return Candidate(self.name, trainer.predict_from_features(validation_features),
-                         pool.validation_version, score_test)
+                         pool.validation_version, score_test, clock=clock)
 
 
 class FineTuneStage:
@@ -152,10 +154,10 @@ class FineTuneStage:
 
     def candidate(self, pool: TrainingPool) -> Candidate:
         """The network as it is now; its test scores must be taken before it trains on."""
-        began = time.monotonic()
-        validation = self.trainer.predict(pool.images[pool.validation_rows()])
-        self.validation_seconds = time.monotonic() - began
         trainer, refine = self.trainer, self.refine
+        began = trainer.clock()
+        validation = trainer.predict(pool.images[pool.validation_rows()])
+        self.validation_seconds = trainer.clock() - began
 
         def score_test(test: TestSet) -> np.ndarray:
             if refine is None:
@@ -163,7 +165,7 @@ class FineTuneStage:
             return refine(*trainer.predict_with_features(test.images))
 
         self.latest = Candidate(f"{self.name}@{trainer.steps}", validation,
-                                pool.validation_version, score_test)
+                                pool.validation_version, score_test, clock=trainer.clock)
         return self.latest
 
 

@@ -222,11 +222,13 @@ class GraphRefinement:
     """The transductive step as a stage's `refine(prediction, test_features)`: `prediction`
     averaged with a GCN's scores over the labelled nodes (drawn by `use_nodes`) and the test
     examples. The nodes are embedded once per network state (`network_moved` forgets that
-    embedding); `last_seconds` is what the latest refinement took, embedding included."""
+    embedding); `last_seconds` is what the latest refinement took on `clock` (the run's),
+    embedding included."""
 
     def __init__(self, embed: Callable[[torch.Tensor], torch.Tensor], multilabel: bool,
-                 seed: int = 0) -> None:
+                 seed: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
         self.embed, self.multilabel, self.seed = embed, multilabel, seed
+        self.clock = clock
         self.node_images = torch.zeros(0)
         self.node_labels = torch.zeros(0)
         self._node_features: torch.Tensor | None = None
@@ -244,10 +246,10 @@ class GraphRefinement:
     def __call__(self, prediction: np.ndarray, test_features: torch.Tensor) -> np.ndarray:
         if not len(self.node_images):
             raise ValueError("GraphRefinement: no labelled nodes (use_nodes first)")
-        began = time.monotonic()
+        began = self.clock()
         if self._node_features is None:
             self._node_features = self.embed(self.node_images)
         refined = refine_with_gcn(prediction, self._node_features, self.node_labels,
                                   test_features, self.multilabel, self.seed)
-        self.last_seconds = time.monotonic() - began
+        self.last_seconds = self.clock() - began
         return refined

@@ -47,6 +47,8 @@ EMBEDDING_MIN_STEPS = 300
 # step 1.35x slower on a CPU (README, "Speed").
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 KEEP_FREED_BYTES = 1 << 30
+# The largest mmap threshold older glibc accepts on 64-bit systems (newer ones take more).
+OLD_GLIBC_MMAP_MAX = 32 << 20
 
 
 def keep_freed_memory() -> bool:
@@ -54,10 +56,12 @@ def keep_freed_memory() -> bool:
     nothing changes). Returns whether both settings took."""
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return (libc.mallopt(M_MMAP_THRESHOLD, KEEP_FREED_BYTES) == 1 and
-                libc.mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES) == 1)
+        mmap = (libc.mallopt(M_MMAP_THRESHOLD, KEEP_FREED_BYTES) == 1 or
+                libc.mallopt(M_MMAP_THRESHOLD, OLD_GLIBC_MMAP_MAX) == 1)
+        trim = libc.mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES) == 1
     except (OSError, AttributeError):  # not glibc
         return False
+    return mmap and trim
 
 
 def pick_device() -> torch.device:
@@ -90,7 +94,8 @@ class Trainer:
     def __init__(self, config: TrainConfig, num_classes: int, in_channels: int,
                  multilabel: bool, device: torch.device | None = None, seed: int = 0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        """`clock` times `train_for`'s slices: the run's clock (autodl_meta/policy.py)."""
+        """`clock` times `train_for`'s slices and time-limited eval passes: the run's clock
+        (autodl_meta/policy.py)."""
         self.config = config
         self.clock = clock
         self.device = device or pick_device()

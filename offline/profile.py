@@ -11,9 +11,9 @@ on CUDA), with each share of the backbone frozen (TrainConfig.frozen_fraction), 
 pass (`Trainer.features`: batches of PREDICT_BATCH images). Each cost is the fastest of
 --repeats timed blocks (TRAIN_BLOCK_STEPS steps; a pass over PASS_BATCHES batches) after a
 warm-up: other work on a shared machine only ever adds time, so the minimum is the most faithful
-reading, and blocks of several batches average what varies from one batch to the next. Entries already in --out for the same
-device are kept and the file is rewritten after every measurement, so an interrupted run goes on
-where it stopped; --force measures again.
+reading, and blocks of several batches average what varies from one batch to the next. Entries
+already in --out for the same device are kept and the file is rewritten after every
+measurement, so an interrupted run goes on where it stopped; --force measures again.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
@@ -74,17 +74,6 @@ def device_description(device: torch.device, threads: int) -> str:
     return f"cpu: {_cpu_name()}, {threads} threads"
 
 
-def _timed(run: Callable[[], object], device: torch.device) -> float:
-    """Wall time of one call of `run`."""
-    # CUDA runs asynchronously: without synchronising, the clock would stop at the launch.
-    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    synchronize()
-    began = time.perf_counter()
-    run()
-    synchronize()
-    return time.perf_counter() - began
-
-
 def _random_images(count: int, resolution: int, seed: int) -> torch.Tensor:
     """`count` uint8 images, one frame each, as the runtime's pools hold them."""
     return torch.randint(0, 256, (count, 1, 3, resolution, resolution),
@@ -93,30 +82,36 @@ def _random_images(count: int, resolution: int, seed: int) -> torch.Tensor:
 
 def time_train_step(trainer: Trainer, resolution: int, repeats: int) -> float:
     """Seconds per step of `Trainer.train_for` (batches of its config's size) on a pool of
-    random images: the fastest of `repeats` blocks of about TRAIN_BLOCK_STEPS steps, after one
-    warm-up step."""
+    random images, as the trainer counts them (`train_seconds`: the steps, not the call around
+    them, which a run's clock leaves at wall time): the fastest of `repeats` blocks of about
+    TRAIN_BLOCK_STEPS steps, after one warm-up step."""
     batch_size = trainer.config.batch_size
     images = _random_images(TRAIN_POOL_BATCHES * batch_size, resolution,
                             resolution * 1000 + batch_size)
     labels = nn.functional.one_hot(torch.arange(len(images)) % NUM_CLASSES, NUM_CLASSES).float()
-    trainer.train_for(images, labels, 0.0)  # one step, which also gives its time
-    per_step = []
-    for _ in range(repeats):
-        steps = trainer.steps
-        seconds = _timed(lambda: trainer.train_for(images, labels,
-                                                   TRAIN_BLOCK_STEPS * trainer.step_seconds),
-                         trainer.device)
-        per_step.append(seconds / (trainer.steps - steps))
-    return min(per_step)
+
+    def block(seconds: float) -> float:
+        steps, spent = trainer.steps, trainer.train_seconds
+        trainer.train_for(images, labels, seconds)
+        return (trainer.train_seconds - spent) / (trainer.steps - steps)
+
+    warm_up = block(0.0)  # one step at this shape: what sizes the blocks
+    return min(block(TRAIN_BLOCK_STEPS * warm_up) for _ in range(repeats))
 
 
 def time_predict(trainer: Trainer, resolution: int, repeats: int) -> float:
-    """Seconds per image of `Trainer.features` over PASS_BATCHES batches of random images: the
-    fastest of `repeats` passes, after a warm-up batch."""
+    """Seconds per image of `Trainer.features` over PASS_BATCHES batches of random images, as
+    the trainer counts them (`forward_seconds`): the fastest of `repeats` passes, after a
+    warm-up batch."""
     images = _random_images(PASS_BATCHES * PREDICT_BATCH, resolution, resolution)
-    trainer.features(images[:PREDICT_BATCH])
-    return min(_timed(lambda: trainer.features(images), trainer.device)
-               for _ in range(repeats)) / len(images)
+
+    def one_pass(batch: torch.Tensor) -> float:
+        count, spent = trainer.forward_images, trainer.forward_seconds
+        trainer.features(batch)
+        return (trainer.forward_seconds - spent) / (trainer.forward_images - count)
+
+    one_pass(images[:PREDICT_BATCH])
+    return min(one_pass(images) for _ in range(repeats))
 
 
 def _busy(device: torch.device, threads: int) -> bool:

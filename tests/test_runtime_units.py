@@ -213,6 +213,8 @@ def test_the_head_stage_fits_on_frozen_features_and_scores_validation():
     features = torch.randn(200, 4) + 3 * truth[:, :1]  # separable along the first feature
 
     class StubTrainer:  # frozen features indexed by the images' first pixel
+        clock = staticmethod(time.monotonic)
+
         def features(self, images, seconds=None):
             return features[images[:, 0, 0, 0, 0].long()]
 
