@@ -87,6 +87,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: expected an object of fields, got {values!r}")
         known = {f.name: f for f in fields(cls)}
         unknown = set(values) - set(known)
         if unknown:

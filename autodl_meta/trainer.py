@@ -15,6 +15,7 @@ import ctypes
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
@@ -117,6 +118,9 @@ class Trainer:
         # The network's work so far, and the wall-clock seconds it took: an offline clock
         # re-prices it (batch by batch, so that it moves during a slice or a pass too).
         self.steps = 0
+        # Steps by the number of examples in their batch: a pool smaller than the configured
+        # batch size makes smaller batches, and cheaper steps.
+        self.steps_by_batch_size: Counter[int] = Counter()
         self.train_seconds = 0.0
         self.forward_images = 0       # images through the network in eval passes, flips counted
         self.forward_seconds = 0.0
@@ -246,6 +250,7 @@ class Trainer:
             targets = labels[index].to(self.device)
             self.train_step(*self._augment(batch, targets), embedding=bool(by_class))
             self.steps += 1
+            self.steps_by_batch_size[len(index)] += 1
             self.train_seconds += time.monotonic() - began_wall
             elapsed = self.clock() - began
             self.step_seconds = elapsed if self.step_seconds is None else \

@@ -43,7 +43,6 @@ FEATURES = ("log_classes", "log_train_examples", "log_examples_per_class", "log_
 # (a photo at its usual size, a short clip).
 UNKNOWN_SIDE = 256
 UNKNOWN_FRAMES = 16
-STD_FLOOR = 1e-6  # a feature constant over the training tasks is only centred
 
 
 class ZeroShotError(ValueError):
@@ -154,7 +153,11 @@ class ZeroShotSelector:
             raise ZeroShotError(f"{path}: field 'models' must be a non-empty list")
         models = [_load_model(path, f"models[{i}]", model, len(configs))
                   for i, model in enumerate(values["models"])]
-        return cls(configs, models)
+        budgets = [model.budget for model in models]
+        if len(set(budgets)) < len(budgets):
+            raise ZeroShotError(f"{path}: field 'models' holds two models of one budget "
+                                f"({', '.join(f'{b:g}' for b in budgets)} s)")
+        return cls(configs, sorted(models, key=lambda model: model.budget))
 
 
 def _load_model(path: Path, where: str, values: Any, config_count: int) -> BudgetModel:
@@ -167,10 +170,15 @@ def _load_model(path: Path, where: str, values: Any, config_count: int) -> Budge
         if name not in values:
             raise fail(name, "is missing")
     budget, kind, neighbours = values["budget"], values["kind"], values["neighbours"]
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
-        raise fail("budget", "must be a positive number of seconds")
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) \
+            or not 0 < budget < math.inf:
+        raise fail("budget", "must be a positive, finite number of seconds")
     if kind not in KINDS:
         raise fail("kind", f"must be one of {KINDS}, got {kind!r}")
+    if isinstance(neighbours, bool) or not isinstance(neighbours, int):
+        raise fail("neighbours", f"must be an integer, got {neighbours!r}")
+    if kind != "nearest" and neighbours != 0:
+        raise fail("neighbours", f"must be 0 (the {kind} kind averages no neighbours)")
     arrays = {}
     for name in ("mean", "scale", "weights", "bias"):
         try:
@@ -200,8 +208,7 @@ def _load_model(path: Path, where: str, values: Any, config_count: int) -> Budge
             raise fail("weights", f"must be tasks x {width} (the training tasks' features)")
         if bias.shape != (len(weights), config_count):
             raise fail("bias", f"must be {len(weights)} x {config_count} (tasks x configs)")
-        if isinstance(neighbours, bool) or not isinstance(neighbours, int) \
-                or not 1 <= neighbours <= len(weights):
+        if not 1 <= neighbours <= len(weights):
             raise fail("neighbours", f"must be an integer in [1, {len(weights)}]")
     return BudgetModel(float(budget), kind, arrays["mean"], arrays["scale"], weights, bias,
                        int(neighbours))

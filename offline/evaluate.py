@@ -10,12 +10,14 @@ SMAC or Dask: any engine can call `evaluate` (Dask workers call `evaluate_task`)
 
 Time is wall-clock by default. With a cost table (`time_mode="simulated"`), the run is timed by
 a clock that replaces the wall time the network spends with its price in the table (the paper's
-lookup-table ALC): training steps at the step cost of the config's backbone, resolution, batch
-size and frozen fraction, and images through an eval pass (features, validation, test, flips
+lookup-table ALC): training steps at the step cost of the config's backbone, resolution, actual
+batch size (the configured one, or the whole pool when it is smaller) and frozen fraction, and
+images through an eval pass (features, validation, test, flips
 counted) at the prediction cost per image. The learner sizes its slices and passes and the
 harness stops the run on that clock, so a run does the same work whether its worker has one
-thread or two, or shares the machine; only reading and decoding records and the small
-pixel-level and linear fits keep their wall-clock times.
+thread or two, or shares the machine; only reading and decoding records, building the
+network (loading its weights) and the small pixel-level and linear fits keep their wall-clock
+times.
 """
 from __future__ import annotations
 
@@ -150,19 +152,32 @@ def evaluate(config: TrainConfig, dataset_dir: Path, budget: float, seed: int = 
         wall_timestamps=[round(t, 3) for t in wall_timestamps])
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Prices:
-    """What the cost table charges for one run's network work."""
+    """What the cost table charges for one run's network work: a training step by the size of
+    its batch (a pool smaller than the configured batch size makes cheaper steps), an image
+    through an eval pass at the run's resolution."""
 
-    step_seconds: float             # one training step
-    image_seconds: float            # one image through an eval pass
+    table: CostTable
+    config: TrainConfig
+    resolution: int
+    image_seconds: float
+    step_seconds: dict[int, float] = field(default_factory=dict)  # by batch size, as asked
 
     @classmethod
-    def of(cls, learner: Learner, cost_table: CostTable) -> "_Prices":
-        config, resolution = learner.config, learner.resolution
-        return cls(cost_table.train_step_seconds(config.backbone, resolution, config.batch_size,
-                                                 config.frozen_fraction),
-                   cost_table.predict_seconds(config.backbone, resolution, 1))
+    def of(cls, learner: Learner, cost_table: CostTable) -> _Prices:
+        """The prices of `learner`'s config; an unpriced config fails here."""
+        prices = cls(cost_table, learner.config, learner.resolution,
+                     cost_table.predict_seconds(learner.config.backbone, learner.resolution, 1))
+        prices.step(learner.config.batch_size)
+        return prices
+
+    def step(self, batch_size: int) -> float:
+        """Seconds of one training step on `batch_size` examples."""
+        if batch_size not in self.step_seconds:
+            self.step_seconds[batch_size] = self.table.train_step_seconds(
+                self.config.backbone, self.resolution, batch_size, self.config.frozen_fraction)
+        return self.step_seconds[batch_size]
 
 
 def _simulated_now(trainer: Trainer | None, prices: _Prices) -> float:
@@ -171,8 +186,10 @@ def _simulated_now(trainer: Trainer | None, prices: _Prices) -> float:
     now = time.monotonic()
     if trainer is None:
         return now
-    return (now - trainer.train_seconds - trainer.forward_seconds +
-            trainer.steps * prices.step_seconds + trainer.forward_images * prices.image_seconds)
+    steps = sum(count * prices.step(batch_size)
+                for batch_size, count in trainer.steps_by_batch_size.items())
+    return (now - trainer.train_seconds - trainer.forward_seconds + steps +
+            trainer.forward_images * prices.image_seconds)
 
 
 def evaluate_task(config: dict[str, Any], dataset_dir: str, budget: float, seed: int,

@@ -33,6 +33,14 @@ from offline.cli import command_parser
 
 logger = logging.getLogger(__name__)
 
+SOURCE_SEPARATOR = "__"  # a derived task's name: its source, this, then what changed
+
+
+def source_of(task: str) -> str:
+    """The prepared dataset a task was derived from (a source is its own source)."""
+    return task.split(SOURCE_SEPARATOR, 1)[0]
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """One derived task: which source, and what is changed (None: kept as it is)."""
@@ -61,7 +69,7 @@ class TaskSpec:
                  "gray" if self.grayscale else "",
                  f"f{self.frames}" if self.frames else ""]
         changes = "_".join(part for part in parts if part)
-        return f"{self.source}__{changes}" if changes else self.source
+        return f"{self.source}{SOURCE_SEPARATOR}{changes}" if changes else self.source
 
 
 def default_suite(source: str, metadata: AutoDLMetadata) -> list[TaskSpec]:

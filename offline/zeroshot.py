@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from autodl_meta.config import TrainConfig
-from autodl_meta.zeroshot import (FEATURES, KINDS, STD_FLOOR, ZEROSHOT_FILE, BudgetModel,
+from autodl_meta.selector import STD_FLOOR
+from autodl_meta.zeroshot import (FEATURES, KINDS, ZEROSHOT_FILE, BudgetModel,
                                   ZeroShotSelector, meta_features)
 from ingestion_local import AutoDLDataset
 from offline.cli import add_store_arguments, command_parser, emit_table, setup_logging
@@ -44,6 +45,7 @@ from offline.export import git_commit
 from offline.portfolio import DEFAULT_PORTFOLIO, load_portfolio
 from offline.store import REPO_ROOT, ResultStore, alc_matrix, provenance_path
 from offline.tables import markdown_table
+from offline.tasks import source_of
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +55,11 @@ DEFAULT_CONFIG = "default"
 # units of the training tasks, and the number of neighbours averaged.
 GRIDS = {"linear": (100.0, 30.0, 10.0, 3.0, 1.0), "nearest": (12, 8, 5, 3, 1), "single": (0,)}
 AUTO = "auto"  # --export-kind: at each budget, the kind with the best held-out mean ALC
+# ... where it beats the default config held out by this much (relative): a smaller margin is
+# within the noise of one seed per run.
+MIN_GAIN = 0.01
 FIXED = "fixed"  # the default config, learned from nothing: no held-out judging needed
 LEARNED_KINDS = tuple(kind for kind in KINDS if kind != FIXED)
-
-
-def source_of(task: str) -> str:
-    """The prepared dataset a task was derived from (`python -m offline tasks` names)."""
-    return task.split("__", 1)[0]
 
 
 def task_features(data_dir: Path, tasks: Sequence[str]) -> np.ndarray:
@@ -92,7 +92,8 @@ def fit(kind: str, features: np.ndarray, alc: np.ndarray, budget: float,
     """A `kind` model on training tasks' features (tasks x FEATURES) and ALC (tasks x configs);
     `strength` is the ridge penalty (per training task) or the number of neighbours."""
     mean = features.mean(axis=0)
-    scale = np.maximum(features.std(axis=0), STD_FLOOR)
+    std = features.std(axis=0)
+    scale = np.where(std < STD_FLOOR, 1.0, std)  # a feature constant here is only centred
     x = (features - mean) / scale
     y = relative(alc)
     if kind == "single":
@@ -102,8 +103,9 @@ def fit(kind: str, features: np.ndarray, alc: np.ndarray, budget: float,
         centred = y - y.mean(axis=0)
         weights = np.linalg.solve(x.T @ x + penalty, x.T @ centred).T
         return BudgetModel(budget, kind, mean, scale, weights, y.mean(axis=0))
-    neighbours = int(min(strength, len(x)))
-    return BudgetModel(budget, kind, mean, scale, x, y, neighbours)
+    if kind == "nearest":
+        return BudgetModel(budget, kind, mean, scale, x, y, int(min(strength, len(x))))
+    raise ValueError(f"cannot fit a {kind!r} selector; learned kinds: {LEARNED_KINDS}")
 
 
 def _leave_one_group_out(features: np.ndarray, alc: np.ndarray, groups: Sequence[str],
@@ -231,21 +233,24 @@ def markdown_report(report: dict[str, Any]) -> str:
                            "selected / single best"], rows)
 
 
-def export_kinds(report: dict[str, Any], budgets: Sequence[float], kind: str
-                 ) -> dict[float, str]:
+def export_kinds(report: dict[str, Any], budgets: Sequence[float], kind: str,
+                 min_gain: float = MIN_GAIN) -> dict[float, str]:
     """The kind to ship at each budget: `kind`, or with AUTO the kind whose leave-one-source-out
-    mean ALC in `report` is the best (ties, and budgets the report could not judge, go to
-    `single`, which reads no feature), or `fixed` where the default config's mean ALC on the
-    same tasks is at least as good: a selector that loses to it held out is not shipped."""
+    mean ALC in `report` is the best (`single`, which reads no feature, on a tie) where it beats
+    the default config's mean ALC on the same tasks by `min_gain` (relative), else `fixed`: a
+    selector that does not clearly beat the default config held out is not shipped, nor one the
+    report could not judge."""
     if kind != AUTO:
         return {budget: kind for budget in budgets}
     chosen = {}
     for budget in budgets:
         judged = report["budgets"].get(f"{budget:g}", {})
-        best = max(judged, key=lambda k: (judged[k]["selected"], k == "single"),
-                   default="single")
-        default = judged[best]["default"] if judged else None
-        beaten = default is not None and default >= judged[best]["selected"]
+        if not judged:
+            chosen[budget] = FIXED
+            continue
+        best = max(judged, key=lambda k: (judged[k]["selected"], k == "single"))
+        default = judged[best]["default"]
+        beaten = default is not None and judged[best]["selected"] < default * (1 + min_gain)
         chosen[budget] = FIXED if beaten else best
     return chosen
 
@@ -296,7 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--export-kind", choices=(AUTO, *KINDS), default=AUTO,
                         help="the kind --export trains; auto: at each budget, the kind judged "
                              "best leave-one-source-out, or fixed where none beat the default "
-                             "config")
+                             "config by --min-gain")
+    parser.add_argument("--min-gain", type=float, default=MIN_GAIN,
+                        help="auto ships a learned kind where its held-out mean ALC is at least "
+                             "(1 + this) x the default config's (default: %(default)s)")
     return parser
 
 
@@ -315,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              args.time_mode)
         report["provenance"] = provenance
         if args.export:
-            kinds = export_kinds(report, args.budgets, args.export_kind)
+            kinds = export_kinds(report, args.budgets, args.export_kind, args.min_gain)
             report["exported"] = {f"{budget:g}": kind for budget, kind in kinds.items()}
             selector = export_selector(store, args.data_dir, configs, tasks, kinds,
                                        args.time_mode, args.export,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
+from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from offline.costs import CostEntry, CostTable
 from autodl_meta.metadata import MetaData
 from offline import bohb, export, selector
 from offline.crosseval import GENERALIST_NAME, candidate_configs
-from offline.evaluate import Evaluation, evaluate
+from offline.evaluate import Evaluation, _Prices, _simulated_now, evaluate
 from offline.store import Incumbent, ResultStore, alc_matrix
 
 SMALL = TrainConfig(resolution=32, batch_size=16, learning_rate=0.01)
@@ -46,6 +49,22 @@ def test_a_simulated_run_sizes_its_work_and_stops_on_the_priced_clock(
                       cost_table=table, threads=1)
     assert result.error is None and max(result.timestamps) <= 12
     assert result.wall_timestamps[-1] < result.timestamps[-1] - 1
+
+
+def test_the_priced_clock_charges_each_step_at_the_size_of_its_batch():
+    """Steps on a pool smaller than the configured batch cost what the table says of their own
+    size, not of the configured one."""
+    table = CostTable(device="test", created="2026-01-01", entries=[
+        CostEntry("efficientnet-lite0", 32, 4, 0.25, 0.001),
+        CostEntry("efficientnet-lite0", 32, 16, 1.0, 0.001)])
+    learner = SimpleNamespace(config=TrainConfig(resolution=32, batch_size=16), resolution=32)
+    prices = _Prices.of(learner, table)
+    trainer = SimpleNamespace(steps_by_batch_size=Counter({4: 10, 16: 3}), train_seconds=0.0,
+                              forward_seconds=0.0, forward_images=1000)
+    price = 10 * 0.25 + 3 * 1.0 + 1000 * 0.001
+    before = time.monotonic()
+    now = _simulated_now(trainer, prices)
+    assert before + price <= now <= time.monotonic() + price
 
 
 @pytest.mark.slow

@@ -96,6 +96,18 @@ def test_a_trainer_counts_the_images_of_its_eval_passes():
     assert trainer.forward_images == 20 + 2 * 20
 
 
+def test_a_trainer_counts_its_steps_by_the_size_of_their_batch():
+    """A pool smaller than the configured batch makes smaller (cheaper) steps: a priced clock
+    charges them at their own size (offline/evaluate.py)."""
+    trainer = Trainer(TrainConfig(resolution=32, batch_size=16), num_classes=3, in_channels=1,
+                      multilabel=False, device=torch.device("cpu"))
+    images = torch.randint(0, 256, (30, 1, 1, 32, 32), dtype=torch.uint8)
+    labels = torch.eye(3)[torch.arange(30) % 3]
+    trainer.train_for(images, labels, seconds=0.0, indices=torch.arange(5))
+    trainer.train_for(images, labels, seconds=0.0)
+    assert trainer.steps_by_batch_size == {5: 1, 16: 1} and trainer.steps == 2
+
+
 def test_pixel_logistic_separates_real_digits():
     from sklearn.datasets import load_digits
 

@@ -7,7 +7,7 @@ import pytest
 from ingestion_local.convert import write_arrays
 from ingestion_local.dataset import AutoDLDataset
 from ingestion_local.writer import ConversionError
-from offline.tasks import TaskSpec, default_suite, derive_task
+from offline.tasks import TaskSpec, default_suite, derive_task, source_of
 
 
 def _images(tmp_path, sequence: int = 1):
@@ -29,7 +29,8 @@ def test_a_task_keeps_the_classes_examples_and_pixels_it_asks_for(tmp_path):
     source = _images(tmp_path)
     spec = TaskSpec("toy", classes=2, per_class=3, side=20, grayscale=True)
     task = derive_task(source, spec, tmp_path / "tasks")
-    assert task.name == "toy__c2_n3_r20_gray"
+    assert task.name == "toy__c2_n3_r20_gray" and source_of(task.name) == "toy"
+    assert source_of("toy") == "toy"  # a source is its own
     train, train_labels = _labels(task / f"{task.name}.data" / "train")
     metadata = train.get_metadata()
     assert metadata.get_output_size() == 2
