@@ -119,6 +119,9 @@ def evaluate(config: TrainConfig, dataset_dir: Path, budget: float, seed: int = 
         def clock() -> float:  # first read in learner.train(), when both names below are set
             return _simulated_now(learner.trainer, prices)
     learner = Learner(train.get_metadata(), config=config, seed=seed, clock=clock)
+    if learner.config != config:  # the runtime's fallback would store another config's run
+        raise RuntimeError(f"the weights of {config.backbone} are missing here (make "
+                           f"pretrained): the run would be of {learner.config.backbone}")
     if time_mode == "simulated":  # an unpriced config fails here, not inside the run
         prices = _Prices.of(learner, cost_table)
     if threads:  # the Learner takes every core; a Dask worker shares them with others

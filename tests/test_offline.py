@@ -16,7 +16,7 @@ from offline.costs import CostEntry, CostTable
 from autodl_meta.metadata import MetaData
 from offline import bohb, export, selector
 from offline.crosseval import GENERALIST_NAME, candidate_configs
-from offline.evaluate import Evaluation, _Prices, _simulated_now, evaluate
+from offline.evaluate import Evaluation, _Prices, _simulated_now, evaluate, evaluate_task
 from offline.store import Incumbent, ResultStore, alc_matrix
 
 SMALL = TrainConfig(resolution=32, batch_size=16, learning_rate=0.01)
@@ -49,6 +49,19 @@ def test_a_simulated_run_sizes_its_work_and_stops_on_the_priced_clock(
                       cost_table=table, threads=1)
     assert result.error is None and max(result.timestamps) <= 12
     assert result.wall_timestamps[-1] < result.timestamps[-1] - 1
+
+
+def test_a_run_whose_backbone_weights_are_missing_fails_instead_of_running_another(
+        small_image_dataset, monkeypatch):
+    """The runtime falls back to a backbone it has; offline, that run would be stored as the
+    config asked for."""
+    monkeypatch.setattr("autodl_meta.learner.available_backbones",
+                        lambda: ["efficientnet-lite0"])
+    config = TrainConfig.from_dict({**SMALL.to_dict(), "backbone": "efficientnet-lite1"})
+    with pytest.raises(RuntimeError, match="weights of efficientnet-lite1 are missing"):
+        evaluate(config, small_image_dataset, budget=12)
+    result = Evaluation.from_dict(evaluate_task(config.to_dict(), str(small_image_dataset), 12, 0))
+    assert "weights of efficientnet-lite1 are missing" in result.error
 
 
 def test_the_priced_clock_charges_each_step_at_the_size_of_its_batch():
