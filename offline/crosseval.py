@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The command's arguments (tests parse the README's command lines with it)."""
     parser = command_parser("python -m offline crosseval", __doc__)
     parser.add_argument("--datasets", nargs="+", default=None,
-                        help="datasets to evaluate on (default: those with an incumbent)")
+                        help="datasets to evaluate on (default: those with an incumbent; "
+                             "needed with --portfolio)")
     add_store_arguments(parser)
     add_budget_argument(parser, "time budget T of every run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -114,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_run_arguments(parser, args)
+    if args.portfolio and not args.datasets:
+        parser.error("--portfolio runs on the tasks that --datasets names (prepared datasets or "
+                     "derived tasks under --data-dir)")
     setup_logging()
     configs = load_portfolio(args.portfolio) if args.portfolio else None
     with ResultStore(args.store) as store:

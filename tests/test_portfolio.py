@@ -71,6 +71,14 @@ def test_crosseval_reports_a_portfolio_file_from_the_store(tmp_path):
         assert f"| {name} | {0.5 + 0.01 * i:.3f} |" in table
 
 
+def test_crosseval_of_a_portfolio_asks_for_the_tasks(tmp_path, capsys):
+    path = tmp_path / "p.json"
+    save_portfolio(DIVERSIFIED, path, {})
+    with pytest.raises(SystemExit):
+        crosseval.main(["--portfolio", str(path), "--store", str(tmp_path / "s.sqlite")])
+    assert "--portfolio runs on the tasks that --datasets names" in capsys.readouterr().err
+
+
 def test_provenance_records_paths_inside_the_repository_relative_to_it(tmp_path):
     assert provenance_path(REPO_ROOT / "results" / "offline.sqlite") == "results/offline.sqlite"
     assert provenance_path(tmp_path / "store.sqlite") == str(tmp_path / "store.sqlite")
