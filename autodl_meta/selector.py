@@ -44,6 +44,12 @@ LATENT_VAR_FLOOR = 1e-4   # keeps Welch's test finite for constant latents and o
 MAX_ABS_T = 30.0          # beyond it log p underflows for large df; no extra evidence anyway
 
 
+def feature_scale(std: np.ndarray) -> np.ndarray:
+    """The divisor that standardises features of standard deviation `std`: the deviation
+    itself, or 1 for a feature constant in the training data (it is only centred)."""
+    return np.where(std < STD_FLOOR, 1.0, std)
+
+
 class SelectorError(ValueError):
     """A selector file is invalid; the message names the file and field."""
 

@@ -25,9 +25,9 @@ from sklearn.cluster import KMeans
 from torch import nn
 from torch.nn import functional as F
 
-from autodl_meta.selector import (FORMAT_VERSION, LATENT_VAR_FLOOR, STD_FLOOR, MetaClassifier,
+from autodl_meta.selector import (FORMAT_VERSION, LATENT_VAR_FLOOR, MetaClassifier,
                                   MlpVote, MomentsMlp, NearestCentroid, VaeTTest, _Vae,
-                                  batch_moments)
+                                  batch_moments, feature_scale)
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Trainable:
         self.dim = x.shape[1]
         self._mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
         std = x.std(axis=0, dtype=np.float64)
-        self._std = np.where(std < STD_FLOOR, 1.0, std).astype(np.float32)
+        self._std = feature_scale(std).astype(np.float32)
         # A private RNG state: seeded results without disturbing the caller's torch RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -131,7 +131,7 @@ class MomentsMlpTraining(Trainable, MomentsMlp):
         calibration = np.concatenate([draw(size)[0] for size in self.train_batch_sizes])
         self._moment_mean = calibration.mean(axis=0)
         std = calibration.std(axis=0)
-        self._moment_std = np.where(std < STD_FLOOR, 1.0, std).astype(np.float32)
+        self._moment_std = feature_scale(std).astype(np.float32)
         sizes = rng.choice(self.train_batch_sizes, size=self.steps)
 
         def standardised_draw(step: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from autodl_meta.config import TrainConfig
-from autodl_meta.selector import STD_FLOOR
+from autodl_meta.selector import feature_scale
 from autodl_meta.zeroshot import (FEATURES, KINDS, ZEROSHOT_FILE, BudgetModel,
                                   ZeroShotSelector, meta_features)
 from ingestion_local import AutoDLDataset
@@ -92,8 +92,7 @@ def fit(kind: str, features: np.ndarray, alc: np.ndarray, budget: float,
     """A `kind` model on training tasks' features (tasks x FEATURES) and ALC (tasks x configs);
     `strength` is the ridge penalty (per training task) or the number of neighbours."""
     mean = features.mean(axis=0)
-    std = features.std(axis=0)
-    scale = np.where(std < STD_FLOOR, 1.0, std)  # a feature constant here is only centred
+    scale = feature_scale(features.std(axis=0))
     x = (features - mean) / scale
     y = relative(alc)
     if kind == "single":
