@@ -117,7 +117,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         # The network's work so far, and the wall-clock seconds it took: an offline clock
         # re-prices it (batch by batch, so that it moves during a slice or a pass too).
-        self.steps = 0
         # Steps by the number of examples in their batch: a pool smaller than the configured
         # batch size makes smaller batches, and cheaper steps.
         self.steps_by_batch_size: Counter[int] = Counter()
@@ -125,6 +124,11 @@ class Trainer:
         self.forward_images = 0       # images through the network in eval passes, flips counted
         self.forward_seconds = 0.0
         self.step_seconds: float | None = None   # on self.clock
+
+    @property
+    def steps(self) -> int:
+        """Training steps so far."""
+        return sum(self.steps_by_batch_size.values())
 
     @property
     def embedding_active(self) -> bool:
@@ -249,7 +253,6 @@ class Trainer:
             batch = to_float(images[index, frame], self.device)
             targets = labels[index].to(self.device)
             self.train_step(*self._augment(batch, targets), embedding=bool(by_class))
-            self.steps += 1
             self.steps_by_batch_size[len(index)] += 1
             self.train_seconds += time.monotonic() - began_wall
             elapsed = self.clock() - began

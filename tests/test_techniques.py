@@ -145,7 +145,7 @@ def test_trainer_trains_and_predicts_with_each_technique(fields):
 def test_the_pace_note_compares_the_steps_that_fit_with_what_an_embedding_needs():
     trainer = Trainer(TrainConfig(resolution=32, batch_size=16, embedding_loss="supcon"),
                       num_classes=4, in_channels=1, multilabel=False, device=torch.device("cpu"))
-    trainer.steps, trainer.step_seconds = 10, 0.5
+    trainer.steps_by_batch_size[16], trainer.step_seconds = 10, 0.5
     note = trainer.embedding_pace_note(remaining_seconds=25)  # 10 + 50 steps < 300
     assert note.startswith("embedding_loss supcon: about 60 training steps fit")
     trainer.step_seconds = 0.05  # 10 + 500 steps
