@@ -8,6 +8,7 @@ BOHB found per dataset and backbone) are kept beside them.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import numpy as np
 
 from autodl_meta.config import TrainConfig
 from offline.evaluate import Evaluation
+
+logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STORE = REPO_ROOT / "results" / "offline.sqlite"
@@ -85,18 +88,25 @@ class ResultStore:
 
     def _rekey(self) -> None:
         """Give rows written before TrainConfig gained or retired fields the keys of today's
-        schema (new fields at their defaults), so that they are found again."""
+        schema (new fields at their defaults), so that they are found again. An old row whose
+        run the store also holds under today's key is a duplicate: the newer row is kept."""
         rows = self._connection.execute(
             "SELECT rowid, config_key, config FROM evaluations").fetchall()
-        updates = []
-        for rowid, key, config in rows:
-            current = config_key(stored_config(config))
-            if current != key:
-                updates.append((current, current, rowid))
-        if updates:
-            with self._connection:
-                self._connection.executemany(
-                    "UPDATE evaluations SET config_key=?, config=? WHERE rowid=?", updates)
+        duplicates = 0
+        with self._connection:
+            for rowid, key, config in rows:
+                current = config_key(stored_config(config))
+                if current == key:
+                    continue
+                renamed = self._connection.execute(
+                    "UPDATE OR IGNORE evaluations SET config_key=?, config=? WHERE rowid=?",
+                    (current, current, rowid)).rowcount
+                if not renamed:
+                    self._connection.execute("DELETE FROM evaluations WHERE rowid=?", (rowid,))
+                    duplicates += 1
+        if duplicates:
+            logger.warning("%s: dropped %d rows of an older schema that repeat runs stored "
+                           "under today's", self.path, duplicates)
 
     def close(self) -> None:
         self._connection.close()

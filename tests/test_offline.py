@@ -220,6 +220,22 @@ def test_store_rows_with_a_retired_field_are_found_again(tmp_path):
         assert [config for config, _ in store.evaluations()] == [SMALL]
 
 
+def test_an_old_row_that_repeats_a_stored_run_gives_way_to_it(tmp_path):
+    store_path = tmp_path / "store.sqlite"
+    old = json.dumps({**SMALL.to_dict(), "train_frames": 1}, sort_keys=True)
+    with ResultStore(store_path) as store:
+        store.put(SMALL, Evaluation("smalldigits", 30.0, 0, 0.7, 0.8, 0.8))
+        store.put(GENERALIST, Evaluation("smalldigits", 30.0, 0, 0.5, 0.6, 0.6))
+    with sqlite3.connect(store_path) as connection:  # the GENERALIST row, as an old schema's
+        connection.execute("UPDATE evaluations SET config_key=?, config=? WHERE alc=0.5",
+                           (old, old))
+    with ResultStore(store_path) as store:
+        assert store.get("smalldigits", SMALL, 30.0, 0).alc == pytest.approx(0.7)
+        assert [config for config, _ in store.evaluations()] == [SMALL]
+    with sqlite3.connect(store_path) as connection:
+        assert connection.execute("SELECT count(*) FROM evaluations").fetchone() == (1,)
+
+
 def test_an_anytime_run_answers_for_every_shorter_budget(tmp_path):
     from scoring_local.metrics import alc
 
