@@ -184,9 +184,11 @@ def leave_one_source_out(kind: str, tasks: Sequence[str], configs: Sequence[str]
 
 
 def complete_matrix(store: ResultStore, configs: dict[str, TrainConfig], tasks: Sequence[str],
-                    budget: float, time_mode: str) -> tuple[list[str], np.ndarray]:
-    """The tasks every config was run on at `budget`, and their ALC (tasks x configs)."""
-    matrix = alc_matrix(store, configs, tasks, budget, (0,), time_mode).T
+                    budget: float, time_mode: str, seeds: Sequence[int] = (0,)
+                    ) -> tuple[list[str], np.ndarray]:
+    """The tasks every config was run on at `budget` with every seed, and their ALC averaged
+    over the seeds (tasks x configs)."""
+    matrix = alc_matrix(store, configs, tasks, budget, seeds, time_mode).T
     complete = np.isfinite(matrix).all(axis=1)
     missing = [task for task, done in zip(tasks, complete) if not done]
     if missing:
@@ -197,12 +199,12 @@ def complete_matrix(store: ResultStore, configs: dict[str, TrainConfig], tasks: 
 
 def lodo_report(store: ResultStore, data_dir: Path, configs: dict[str, TrainConfig],
                 tasks: Sequence[str], budgets: Sequence[float], kinds: Sequence[str],
-                time_mode: str) -> dict[str, Any]:
+                time_mode: str, seeds: Sequence[int] = (0,)) -> dict[str, Any]:
     """Leave-one-source-out results of every kind at every budget."""
     report: dict[str, Any] = {"features": list(FEATURES), "configs": list(configs),
-                              "time_mode": time_mode, "budgets": {}}
+                              "time_mode": time_mode, "seeds": list(seeds), "budgets": {}}
     for budget in budgets:
-        done, alc = complete_matrix(store, configs, tasks, budget, time_mode)
+        done, alc = complete_matrix(store, configs, tasks, budget, time_mode, seeds)
         if len({source_of(task) for task in done}) < 3:
             logger.warning("%g s: %d complete tasks from fewer than 3 sources: no report",
                            budget, len(done))
@@ -256,11 +258,12 @@ def export_kinds(report: dict[str, Any], budgets: Sequence[float], kind: str,
 
 def export_selector(store: ResultStore, data_dir: Path, configs: dict[str, TrainConfig],
                     tasks: Sequence[str], kinds: dict[float, str], time_mode: str,
-                    out: Path, provenance: dict[str, Any]) -> ZeroShotSelector:
+                    out: Path, provenance: dict[str, Any], seeds: Sequence[int] = (0,)
+                    ) -> ZeroShotSelector:
     """Train the kind of each budget (`kinds`) on every complete task; write and reload `out`."""
     models = []
     for budget, kind in kinds.items():
-        done, alc = complete_matrix(store, configs, tasks, budget, time_mode)
+        done, alc = complete_matrix(store, configs, tasks, budget, time_mode, seeds)
         if not done:
             continue
         if kind == FIXED:
@@ -288,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="budgets to judge and train at, seconds")
     parser.add_argument("--time", choices=TIME_MODES, default="simulated", dest="time_mode",
                         help="which of the store's rows: wall-clock or simulated time")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="the matrix's seeds: a task counts where every config ran with "
+                             "all of them, at their mean ALC")
     parser.add_argument("--kinds", nargs="+", choices=LEARNED_KINDS,
                         default=list(LEARNED_KINDS),
                         help="selector kinds judged (the fixed default config is reported "
@@ -319,14 +325,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     with ResultStore(args.store) as store:
         tasks = args.datasets or store.datasets()
         report = lodo_report(store, args.data_dir, configs, tasks, args.budgets, args.kinds,
-                             args.time_mode)
+                             args.time_mode, args.seeds)
         report["provenance"] = provenance
         if args.export:
             kinds = export_kinds(report, args.budgets, args.export_kind, args.min_gain)
             report["exported"] = {f"{budget:g}": kind for budget, kind in kinds.items()}
             selector = export_selector(store, args.data_dir, configs, tasks, kinds,
                                        args.time_mode, args.export,
-                                       {**provenance, "kinds": report["exported"]})
+                                       {**provenance, "kinds": report["exported"]},
+                                       args.seeds)
             logger.info("wrote %s: %s", args.export / ZEROSHOT_FILE,
                         ", ".join(f"{m.kind} at {m.budget:g} s" for m in selector.models))
     args.report.parent.mkdir(parents=True, exist_ok=True)

@@ -281,3 +281,18 @@ def test_meta_learning_off_keeps_the_generalist(tmp_path, small_image_dataset, m
     learner.train(train.get_dataset(), remaining_time_budget=60)
     assert learner.selection is Selection.OFF and learner.selected is None
     assert learner.config == GENERALIST
+
+
+def test_the_matrix_counts_a_task_where_every_config_ran_every_seed_at_their_mean(tmp_path):
+    with ResultStore(tmp_path / "store.sqlite") as store:
+        for name in ("a", "b"):
+            for i, config in enumerate(CONFIGS.values()):
+                for seed in (0, 1):
+                    if name == "b" and seed == 1 and i == 0:
+                        continue  # b lacks one run of seed 1
+                    store.put(config, Evaluation(name, 60.0, seed, 0.5 + 0.1 * i + 0.1 * seed,
+                                                 0.9, 0.8, time_mode="simulated"))
+        one_seed = zeroshot.complete_matrix(store, CONFIGS, ["a", "b"], 60.0, "simulated")
+        both = zeroshot.complete_matrix(store, CONFIGS, ["a", "b"], 60.0, "simulated", (0, 1))
+    assert one_seed[0] == ["a", "b"] and np.allclose(one_seed[1][0], [0.5, 0.6, 0.7])
+    assert both[0] == ["a"] and np.allclose(both[1], [[0.55, 0.65, 0.75]])
