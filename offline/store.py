@@ -88,8 +88,9 @@ class ResultStore:
 
     def _rekey(self) -> None:
         """Give rows written before TrainConfig gained or retired fields the keys of today's
-        schema (new fields at their defaults), so that they are found again. An old row whose
-        run the store also holds under today's key is a duplicate: the newer row is kept."""
+        schema (new fields at their defaults), so that they are found again. An old row that
+        repeats a run already under that key (written under today's schema, or an older row
+        renamed first) is dropped: one run per key, as the table requires."""
         rows = self._connection.execute(
             "SELECT rowid, config_key, config FROM evaluations").fetchall()
         duplicates = 0
