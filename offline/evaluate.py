@@ -54,6 +54,7 @@ class Evaluation:
     final_accuracy: float
     timestamps: list[float] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    # What the run cost on the wall clock, whole: a prefix (`at_budget`) was made by all of it.
     wall_seconds: float = 0.0
     time_mode: str = "wall"
     error: str | None = None
