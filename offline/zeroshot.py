@@ -202,7 +202,8 @@ def lodo_report(store: ResultStore, data_dir: Path, configs: dict[str, TrainConf
                 time_mode: str, seeds: Sequence[int] = (0,)) -> dict[str, Any]:
     """Leave-one-source-out results of every kind at every budget."""
     report: dict[str, Any] = {"features": list(FEATURES), "configs": list(configs),
-                              "time_mode": time_mode, "seeds": list(seeds), "budgets": {}}
+                              "time_mode": time_mode, "seeds": list(seeds), "budgets": {},
+                              "matrix": {}}
     for budget in budgets:
         done, alc = complete_matrix(store, configs, tasks, budget, time_mode, seeds)
         if len({source_of(task) for task in done}) < 3:
@@ -213,6 +214,10 @@ def lodo_report(store: ResultStore, data_dir: Path, configs: dict[str, TrainConf
         report["budgets"][f"{budget:g}"] = {
             kind: leave_one_source_out(kind, done, list(configs), features, alc, budget)
             for kind in kinds}
+        # What every selector chose from: where the oracle's headroom is, and which config
+        # holds it.
+        report["matrix"][f"{budget:g}"] = {"tasks": list(done),
+                                           "alc": np.round(alc, 4).tolist()}
     return report
 
 
@@ -228,10 +233,24 @@ def markdown_report(report: dict[str, Any]) -> str:
                          f"{result['selected_over_generalist']:.3f}",
                          f"{result['oracle_over_generalist']:.3f}",
                          f"{result['selected_over_single_best']:.3f}"])
-    return markdown_table(["budget (s)", "selector", "tasks", "sources", "configs", "selected",
-                           "generalist", "oracle", "default", "single best in hindsight",
-                           "selected / generalist", "oracle / generalist",
-                           "selected / single best"], rows)
+    summary = markdown_table(["budget (s)", "selector", "tasks", "sources", "configs",
+                              "selected", "generalist", "oracle", "default",
+                              "single best in hindsight", "selected / generalist",
+                              "oracle / generalist", "selected / single best"], rows)
+    return "\n\n".join([summary, *(matrix_table(report["configs"], budget, matrix)
+                                    for budget, matrix in report.get("matrix", {}).items())])
+
+
+def matrix_table(configs: Sequence[str], budget: str, matrix: dict[str, Any]) -> str:
+    """Every config's ALC on every task at one budget, each task's best in bold, the means
+    under them."""
+    alc = np.array(matrix["alc"])
+    rows = [[task, *(f"**{value:.3f}**" if value == row.max() else f"{value:.3f}"
+                     for value in row)]
+            for task, row in zip(matrix["tasks"], alc)]
+    rows.append(["mean", *(f"{value:.3f}" for value in alc.mean(axis=0))])
+    return (f"ALC at {budget} s, every config on every task:\n\n" +
+            markdown_table(["task", *configs], rows))
 
 
 def export_kinds(report: dict[str, Any], budgets: Sequence[float], kind: str,

@@ -246,6 +246,10 @@ def test_the_command_reports_leave_one_source_out_from_the_store(tmp_path, small
     assert result["tasks"] == 6 and result["sources"] == 3
     assert result["generalist"] == pytest.approx(result["oracle"])  # "large" wins everywhere
     assert "| 60 | linear | 6 | 3 | 3 |" in report.with_suffix(".md").read_text()
+    matrix = json.loads(report.read_text())["matrix"]["60"]
+    assert matrix["tasks"] == names and len(matrix["alc"][0]) == len(CONFIGS)
+    assert matrix["alc"][1][2] == pytest.approx(0.5 + 0.1 * 2 + 0.01 * 1)
+    assert "| a__n10 | 0.510 | 0.610 | **0.710** |" in report.with_suffix(".md").read_text()
     shipped = ZeroShotSelector.load(tmp_path / "meta" / ZEROSHOT_FILE).models
     assert [model.budget for model in shipped] == [60]
     # "large" wins everywhere: no kind beats the single best config, so auto ships it
