@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -298,6 +299,16 @@ def export_selector(store: ResultStore, data_dir: Path, configs: dict[str, Train
     return ZeroShotSelector.load(out / ZEROSHOT_FILE)
 
 
+def unjudged_message(store: ResultStore, budgets: Sequence[float], time_mode: str) -> str:
+    """Why no budget could be judged, with the runs the store does hold."""
+    modes = Counter(evaluation.time_mode for _, evaluation in store.evaluations())
+    held = ", ".join(f"{count} in {mode} time" for mode, count in sorted(modes.items()))
+    return (f"{store.path}: at none of {', '.join(f'{b:g}' for b in budgets)} s does the store "
+            f"hold tasks from 3 sources or more with every portfolio config run in {time_mode} "
+            f"time (it holds {held or 'no runs'}). Fill the matrix first (python -m offline "
+            f"crosseval --portfolio ... --time {time_mode}), or pass the --time of its runs.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command's arguments (tests parse the README's command lines with it)."""
     parser = command_parser("python -m offline zeroshot", __doc__)
@@ -345,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         tasks = args.datasets or store.datasets()
         report = lodo_report(store, args.data_dir, configs, tasks, args.budgets, args.kinds,
                              args.time_mode, args.seeds)
+        if not report["budgets"]:
+            raise SystemExit(unjudged_message(store, args.budgets, args.time_mode))
         report["provenance"] = provenance
         if args.export:
             kinds = export_kinds(report, args.budgets, args.export_kind, args.min_gain)

@@ -257,6 +257,22 @@ def test_the_command_reports_leave_one_source_out_from_the_store(tmp_path, small
     assert shipped[0].kind == "single"
 
 
+def test_the_command_says_why_it_could_judge_nothing(tmp_path):
+    """A matrix run on the wall clock, asked for in simulated time: an error that names what
+    the store holds and how to fill it, and no report written."""
+    portfolio, store_path = tmp_path / "portfolio.json", tmp_path / "store.sqlite"
+    save_portfolio(CONFIGS, portfolio, {})
+    with ResultStore(store_path) as store:
+        for name in ("a", "b", "c"):
+            for config in CONFIGS.values():
+                store.put(config, Evaluation(name, 60.0, 0, 0.5, 0.9, 0.8, time_mode="wall"))
+    report = tmp_path / "lodo.json"
+    with pytest.raises(SystemExit, match="holds 9 in wall time.*--time simulated"):
+        zeroshot.main(["--store", str(store_path), "--portfolio", str(portfolio), "--budgets",
+                       "60", "--report", str(report)])
+    assert not report.exists()
+
+
 @pytest.mark.parametrize("budget", [60, 1200])
 def test_the_runtime_serves_every_budget_with_the_zero_shot_selector(tmp_path, budget,
                                                                      small_image_dataset):
