@@ -239,7 +239,7 @@ def markdown_report(report: dict[str, Any]) -> str:
                               "single best in hindsight", "selected / generalist",
                               "oracle / generalist", "selected / single best"], rows)
     return "\n\n".join([summary, *(matrix_table(report["configs"], budget, matrix)
-                                    for budget, matrix in report.get("matrix", {}).items())])
+                                    for budget, matrix in report["matrix"].items())])
 
 
 def matrix_table(configs: Sequence[str], budget: str, matrix: dict[str, Any]) -> str:
