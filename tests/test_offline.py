@@ -37,17 +37,16 @@ def test_evaluate_runs_the_submission_and_scores_its_curve(small_image_dataset):
     assert result.wall_timestamps == sorted(result.wall_timestamps)
 
 
-# Steps priced far above their wall time, or eval passes. Neither price is below what the other
-# work costs on a starved CPU (a few ms an image, a few tenths of a second a step), so the
-# priced clock stays ahead of the wall clock however slow the machine running the test.
-@pytest.mark.parametrize("step_seconds, image_seconds", [(2.0, 0.005), (0.3, 0.02)])
-def test_a_simulated_run_sizes_its_work_and_stops_on_the_priced_clock(
-        small_image_dataset, step_seconds, image_seconds):
-    """Training steps, or images through eval passes, priced far above their wall time: the run
-    is over on the priced clock long before the wall clock reaches the budget, so a slow or
-    shared worker does the same work as a fast one instead of less in the same wall time."""
+# Images through eval passes priced at 20 ms, several times what a 32-px image costs on a
+# starved CPU: the head's feature pass alone puts the priced clock seconds ahead of the wall
+# clock. (Training steps are priced too, but a 12-s run predicts before its first fine-tuning
+# step: test_the_priced_clock_charges_each_step_at_the_size_of_its_batch covers their price.)
+def test_a_simulated_run_sizes_its_work_and_stops_on_the_priced_clock(small_image_dataset):
+    """Network work priced far above its wall time: the run is over on the priced clock long
+    before the wall clock reaches the budget, so a slow or shared worker does the same work as
+    a fast one instead of less in the same wall time."""
     table = CostTable(device="test", created="2026-01-01", entries=[
-        CostEntry("efficientnet-lite0", 32, 16, step_seconds, image_seconds)])
+        CostEntry("efficientnet-lite0", 32, 16, 0.3, 0.02)])
     result = evaluate(SMALL, small_image_dataset, budget=12, seed=0, time_mode="simulated",
                       cost_table=table, threads=1)
     assert result.error is None and max(result.timestamps) <= 12
@@ -108,7 +107,10 @@ def test_bohb_on_a_two_worker_local_cluster_resumes(small_image_dataset, tmp_pat
     assert len(incumbents) == 1 and incumbents[0].trials == 4
     best = max(e.alc for _, e in evaluations if e.budget == incumbents[0].budget)
     assert incumbents[0].alc == pytest.approx(best)
-    assert all(0.0 < e.alc < 1.0 and e.error is None for _, e in evaluations)
+    # A 4-s run on a starved CPU may end before its first prediction (ALC 0, as the platform
+    # scores it); the search still found a config that predicts.
+    assert all(0.0 <= e.alc < 1.0 and e.error is None for _, e in evaluations)
+    assert incumbents[0].alc > 0.0
 
 
 @pytest.mark.parametrize("techniques", [False, True])
