@@ -13,6 +13,9 @@ every config, so only the relative part says which one to run). Three kinds:
 - `linear`: ridge regression per config on the standardised meta-features;
 - `nearest`: the mean relative ALC of the `k` training tasks nearest in standardised
   meta-features;
+- `tree`: a shallow decision tree on the standardised meta-features that predicts which config
+  is best, its training tasks weighted by how far apart their configs are (its scores: the
+  share of that weight each config won in the leaf the dataset falls in);
 - `single`: the mean relative ALC over all training tasks, whatever the features: the single
   best config, shipped where neither of the others beat it held out;
 - `fixed`: one config named in advance (the portfolio's default), learned from nothing: shipped
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,13 +40,16 @@ from autodl_meta.config import ConfigError, TrainConfig
 
 FORMAT_VERSION = 1
 ZEROSHOT_FILE = "zeroshot.json"
-KINDS = ("linear", "nearest", "single", "fixed")
+KINDS = ("linear", "nearest", "tree", "single", "fixed")
 FEATURES = ("log_classes", "log_train_examples", "log_examples_per_class", "log_side",
             "channels", "log_frames")
 # Variable-size images and clips declare -1: these stand in for a side or a length not given
 # (a photo at its usual size, a short clip).
 UNKNOWN_SIDE = 256
 UNKNOWN_FRAMES = 16
+# A tree node's row in `weights`: the feature it splits on (-1 at a leaf), the threshold (a
+# standardised feature at most this goes left) and the rows of its two children (-1 at a leaf).
+TREE_NODE_FIELDS = ("feature", "threshold", "left", "right")
 
 
 class ZeroShotError(ValueError):
@@ -71,9 +78,11 @@ class BudgetModel:
     mean: np.ndarray           # features: the training tasks' mean and std
     scale: np.ndarray
     weights: np.ndarray        # linear: configs x features; nearest: training tasks x features;
-                               # single, fixed: none (0 x features)
+                               # tree: nodes x TREE_NODE_FIELDS; single, fixed: none
+                               # (0 x features)
     bias: np.ndarray           # linear, single: configs (relative ALC); fixed: configs (one-hot);
-                               # nearest: training tasks x configs (relative ALC)
+                               # nearest: training tasks x configs (relative ALC); tree: nodes x
+                               # configs (each config's share of the node's weight)
     neighbours: int = 0        # nearest: k
 
     def standardise(self, features: np.ndarray) -> np.ndarray:
@@ -86,6 +95,12 @@ class BudgetModel:
         x = self.standardise(features)
         if self.kind == "linear":
             return self.weights @ x + self.bias
+        if self.kind == "tree":
+            node = 0
+            while self.weights[node, 0] >= 0:
+                feature, threshold, left, right = self.weights[node]
+                node = int(left if x[int(feature)] <= threshold else right)
+            return self.bias[node]
         distances = np.linalg.norm(self.weights - x, axis=1)
         nearest = np.argsort(distances, kind="stable")[:self.neighbours]
         return self.bias[nearest].mean(axis=0)
@@ -203,6 +218,8 @@ def _load_model(path: Path, where: str, values: Any, config_count: int) -> Budge
         raise fail("bias", f"must hold {config_count} numbers (one per config)")
     if kind == "fixed" and sorted(bias.tolist()) != [0.0] * (config_count - 1) + [1.0]:
         raise fail("bias", "must be 1 for the fixed config and 0 for the others")
+    if kind == "tree":
+        _check_tree(weights, bias, config_count, fail)
     if kind == "nearest":
         if weights.ndim != 2 or weights.shape[1] != width or len(weights) == 0:
             raise fail("weights", f"must be tasks x {width} (the training tasks' features)")
@@ -212,3 +229,22 @@ def _load_model(path: Path, where: str, values: Any, config_count: int) -> Budge
             raise fail("neighbours", f"must be an integer in [1, {len(weights)}]")
     return BudgetModel(float(budget), kind, arrays["mean"], arrays["scale"], weights, bias,
                        int(neighbours))
+
+
+def _check_tree(nodes: np.ndarray, shares: np.ndarray, config_count: int,
+                fail: Callable[[str, str], ZeroShotError]) -> None:
+    """A tree's nodes (nodes x TREE_NODE_FIELDS) each split on a feature or end in a leaf, and
+    each child comes after its parent, so a walk from the root ends in a leaf."""
+    fields = len(TREE_NODE_FIELDS)
+    if nodes.ndim != 2 or nodes.shape[1] != fields or len(nodes) == 0:
+        raise fail("weights", f"must be nodes x {fields} ({', '.join(TREE_NODE_FIELDS)})")
+    if shares.shape != (len(nodes), config_count):
+        raise fail("bias", f"must be {len(nodes)} x {config_count} (nodes x configs)")
+    for row, (feature, _, left, right) in enumerate(nodes):
+        if feature == -1 and left == right == -1:
+            continue
+        if feature not in range(len(FEATURES)) or left not in range(row + 1, len(nodes)) \
+                or right not in range(row + 1, len(nodes)):
+            raise fail("weights", f"node {row} must split on a feature in [0, "
+                                  f"{len(FEATURES)}) into two later nodes, or be a leaf "
+                                  f"(-1, _, -1, -1)")

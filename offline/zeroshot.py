@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.tree import DecisionTreeClassifier
 
 from autodl_meta.config import TrainConfig
 from autodl_meta.selector import feature_scale
@@ -53,8 +54,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_REPORT = REPO_ROOT / "reports" / "lodo.json"
 DEFAULT_CONFIG = "default"
 # Hyper-parameter grids, strongest regularisation first (ties go to it): the ridge penalty in
-# units of the training tasks, and the number of neighbours averaged.
-GRIDS = {"linear": (100.0, 30.0, 10.0, 3.0, 1.0), "nearest": (12, 8, 5, 3, 1), "single": (0,)}
+# units of the training tasks, the number of neighbours averaged, the tree's depth.
+GRIDS = {"linear": (100.0, 30.0, 10.0, 3.0, 1.0), "nearest": (12, 8, 5, 3, 1),
+         "tree": (1, 2, 3), "single": (0,)}
 AUTO = "auto"  # --export-kind: at each budget, the kind with the best held-out mean ALC
 # ... where it beats the default config held out by this much (relative): a smaller margin is
 # within the noise of one seed per run.
@@ -105,7 +107,28 @@ def fit(kind: str, features: np.ndarray, alc: np.ndarray, budget: float,
         return BudgetModel(budget, kind, mean, scale, weights, y.mean(axis=0))
     if kind == "nearest":
         return BudgetModel(budget, kind, mean, scale, x, y, int(min(strength, len(x))))
+    if kind == "tree":
+        nodes, shares = best_config_tree(x, alc, int(strength))
+        return BudgetModel(budget, kind, mean, scale, nodes, shares)
     raise ValueError(f"cannot fit a {kind!r} selector; learned kinds: {LEARNED_KINDS}")
+
+
+def best_config_tree(x: np.ndarray, alc: np.ndarray, depth: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """A decision tree of at most `depth` splits from standardised features `x` to each task's
+    best config, a task weighted by the spread of its configs' ALC (where the choice costs
+    little, it counts little); its nodes (nodes x TREE_NODE_FIELDS) and each node's share of
+    weight per config (nodes x configs)."""
+    spread = alc.max(axis=1) - alc.min(axis=1)
+    tree = DecisionTreeClassifier(max_depth=depth, random_state=0)
+    tree.fit(x, alc.argmax(axis=1), sample_weight=spread + 1e-9)
+    grown = tree.tree_
+    leaf = grown.children_left == -1
+    nodes = np.column_stack([np.where(leaf, -1, grown.feature), np.where(leaf, 0.0,
+                             grown.threshold), grown.children_left, grown.children_right])
+    shares = np.zeros((grown.node_count, alc.shape[1]))
+    shares[:, tree.classes_] = grown.value[:, 0, :]
+    return nodes.astype(float), shares / shares.sum(axis=1, keepdims=True)
 
 
 def _leave_one_group_out(features: np.ndarray, alc: np.ndarray, groups: Sequence[str],

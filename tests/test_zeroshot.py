@@ -67,7 +67,7 @@ def features_of(sides):
     return np.array([meta_features(FakeMetadata(side=(s, s))) for s in sides])
 
 
-@pytest.mark.parametrize("kind", ["linear", "nearest"])
+@pytest.mark.parametrize("kind", ["linear", "nearest", "tree"])
 def test_a_selector_learns_which_config_wins_where(kind):
     sides = [16, 24, 28, 32, 96, 128, 160, 224]
     model = zeroshot.fit(kind, features_of(sides), matrix_where_resolution_decides(sides), 60.0,
@@ -178,6 +178,34 @@ def test_a_single_model_round_trips(tmp_path):
     loaded = ZeroShotSelector.load(tmp_path / ZEROSHOT_FILE)
     assert loaded.models[0].kind == "single" and loaded.models[0].weights.shape == (0, 6)
     assert loaded.select(features_of([20])[0], 90)[0] == model_choice(model)
+
+
+def test_a_tree_splits_on_the_image_side_and_round_trips(tmp_path):
+    sides = [16, 24, 28, 32, 96, 128, 160, 224]
+    model = zeroshot.fit("tree", features_of(sides), matrix_where_resolution_decides(sides),
+                         60.0, 1)
+    # one split, on log_side, into two leaves that each hold one config's tasks only; at the
+    # root each task weighs its spread: 0.25 where small wins, 0.22 where large does
+    assert model.weights.shape == (3, 4) and model.weights[0, 0] == FEATURES.index("log_side")
+    assert model.bias[0].tolist() == pytest.approx([0.0, 1.0 / 1.88, 0.88 / 1.88])
+    assert sorted(model.bias[1:].max(axis=1).tolist()) == [1.0, 1.0]
+    ZeroShotSelector(CONFIGS, [model]).save(tmp_path / ZEROSHOT_FILE)
+    loaded = ZeroShotSelector.load(tmp_path / ZEROSHOT_FILE)
+    assert loaded.models[0].kind == "tree"
+    assert [loaded.select(features_of([side])[0], 60)[0] for side in (20, 40, 64, 200)] == [
+        "small", "small", "large", "large"]
+
+
+def test_a_tree_whose_child_points_back_is_refused(tmp_path):
+    sides = [16, 24, 96, 160]
+    model = zeroshot.fit("tree", features_of(sides), matrix_where_resolution_decides(sides),
+                         60.0, 1)
+    ZeroShotSelector(CONFIGS, [model]).save(tmp_path / ZEROSHOT_FILE)
+    values = json.loads((tmp_path / ZEROSHOT_FILE).read_text())
+    values["models"][0]["weights"][0][2] = 0  # the root's left child: the root itself
+    (tmp_path / ZEROSHOT_FILE).write_text(json.dumps(values))
+    with pytest.raises(ZeroShotError, match=r"field 'models\[0\].weights' node 0 must split"):
+        ZeroShotSelector.load(tmp_path / ZEROSHOT_FILE)
 
 
 def model_choice(model):
