@@ -6,9 +6,10 @@ A dataset's meta-features (`meta_features`) are read from the metadata the platf
 `Model(metadata)`: classes, training examples, examples per class, image side, channels, frames.
 No record is read and nothing is fingerprinted, so the choice costs microseconds and the first
 prediction waits for nothing. The models are trained offline on the meta-dataset's matrix (every
-portfolio config on every task, `python -m offline zeroshot`): each predicts, for every config,
-its ALC relative to the mean ALC of all configs on the task (a task's difficulty is the same for
-every config, so only the relative part says which one to run). Three kinds:
+portfolio config on every task, `python -m offline zeroshot`): each scores every config, and the
+best score runs. Most predict a config's ALC relative to the mean ALC of all configs on the task
+(a task's difficulty is the same for every config, so only the relative part says which one to
+run). The kinds:
 
 - `linear`: ridge regression per config on the standardised meta-features;
 - `nearest`: the mean relative ALC of the `k` training tasks nearest in standardised
@@ -17,7 +18,7 @@ every config, so only the relative part says which one to run). Three kinds:
   is best, its training tasks weighted by how far apart their configs are (its scores: the
   share of that weight each config won in the leaf the dataset falls in);
 - `single`: the mean relative ALC over all training tasks, whatever the features: the single
-  best config, shipped where neither of the others beat it held out;
+  best config, shipped where none of the others beat it held out;
 - `fixed`: one config named in advance (the portfolio's default), learned from nothing: shipped
   where no kind above beat it held out (its `bias` is 1 for that config, 0 for the others).
 
@@ -89,7 +90,8 @@ class BudgetModel:
         return (np.asarray(features, dtype=float) - self.mean) / self.scale
 
     def scores(self, features: np.ndarray) -> np.ndarray:
-        """Predicted relative ALC of each config on a dataset with these meta-features."""
+        """Each config's score on a dataset with these meta-features, the highest the best: its
+        predicted relative ALC (linear, nearest, single) or its share of the leaf (tree)."""
         if self.kind in ("single", "fixed"):
             return self.bias
         x = self.standardise(features)
