@@ -1,6 +1,6 @@
 """Zero-shot config choice: trained on the meta-dataset's matrix, judged leave-one-source-out.
 
-    python -m offline zeroshot --portfolio results/portfolio.json --budgets 30 60 180 \
+    python -m offline zeroshot --portfolio results/portfolio.json --budgets 30 60 90 180 \
         --time simulated [--datasets ...] [--export metadata/]
 
 Reads from the store the ALC of every portfolio config on every task (the matrix that
