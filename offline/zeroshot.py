@@ -115,7 +115,7 @@ def fit(kind: str, features: np.ndarray, alc: np.ndarray, budget: float,
 
 def best_config_tree(x: np.ndarray, alc: np.ndarray, depth: int
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """A decision tree of at most `depth` splits from standardised features `x` to each task's
+    """A decision tree at most `depth` levels deep from standardised features `x` to each task's
     best config, a task weighted by the spread of its configs' ALC (where the choice costs
     little, it counts little); its nodes (nodes x TREE_NODE_FIELDS) and each node's share of
     weight per config (nodes x configs)."""
