@@ -62,7 +62,7 @@ class MetaData:
 
     def backbones(self) -> set[str]:
         """The backbones a run with this metadata can fine-tune."""
-        portfolio = self.zeroshot.configs.values() if self.zeroshot else ()
+        portfolio = self.zeroshot.selectable_configs().values() if self.zeroshot else ()
         return {self.generalist.backbone,
                 *(config.backbone for config in [*self.configs.values(), *portfolio])}
 

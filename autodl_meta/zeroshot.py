@@ -107,6 +107,17 @@ class BudgetModel:
         nearest = np.argsort(distances, kind="stable")[:self.neighbours]
         return self.bias[nearest].mean(axis=0)
 
+    def selectable(self) -> set[int]:
+        """Indices of the configs this model picks for some dataset: the one it always picks
+        (single, fixed), those that win a leaf (tree), or every config (linear, nearest, whose
+        scores move with the features)."""
+        if self.kind in ("single", "fixed"):
+            return {int(np.argmax(self.bias))}
+        if self.kind == "tree":
+            leaves = self.weights[:, 0] < 0
+            return {int(np.argmax(shares)) for shares in self.bias[leaves]}
+        return set(range(self.bias.shape[-1]))
+
     def to_json(self) -> dict[str, Any]:
         return {"budget": self.budget, "kind": self.kind, "neighbours": self.neighbours,
                 "mean": self.mean.tolist(), "scale": self.scale.tolist(),
@@ -128,6 +139,12 @@ class ZeroShotSelector:
         """The name of the config with the best predicted ALC, and every config's score."""
         scores = self.model_for(budget).scores(features)
         return list(self.configs)[int(np.argmax(scores))], scores
+
+    def selectable_configs(self) -> dict[str, TrainConfig]:
+        """The portfolio configs some budget's model can pick: the only ones a run can train."""
+        names = list(self.configs)
+        picked = set().union(*(model.selectable() for model in self.models))
+        return {names[index]: self.configs[names[index]] for index in sorted(picked)}
 
     @property
     def largest_budget(self) -> float:

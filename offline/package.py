@@ -5,7 +5,8 @@
 The EfficientNet-Lite architecture (the Apache-2.0 package efficientnet_lite_pytorch) is copied
 in from the installed package with its licence, because competition servers do not have it.
 Of the pretrained weights, the zip carries those of the fingerprint network and of the
-backbones that metadata/'s configs name: no run could load the others. The build fails, naming
+backbones a run can train with metadata/ (its configs, and the portfolio configs that some
+zero-shot model picks): no run could load the others. The build fails, naming
 the largest parts, when the zip is over the platform's limit.
 """
 from __future__ import annotations

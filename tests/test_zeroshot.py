@@ -208,6 +208,18 @@ def test_a_tree_whose_child_points_back_is_refused(tmp_path):
         ZeroShotSelector.load(tmp_path / ZEROSHOT_FILE)
 
 
+def test_the_configs_a_selector_can_pick_are_those_its_models_pick_somewhere():
+    sides = [16, 24, 28, 32, 96, 128, 160, 224]
+    features, alc = features_of(sides), matrix_where_resolution_decides(sides)
+    tree = zeroshot.fit("tree", features, alc, 60.0, 1)
+    fixed = zeroshot.fixed_model(list(CONFIGS), 180.0)
+    linear = zeroshot.fit("linear", features, alc, 30.0, 1.0)
+    assert tree.selectable() == {1, 2} and fixed.selectable() == {0}
+    assert linear.selectable() == {0, 1, 2}
+    assert list(ZeroShotSelector(CONFIGS, [fixed]).selectable_configs()) == ["default"]
+    assert list(ZeroShotSelector(CONFIGS, [tree, fixed]).selectable_configs()) == list(CONFIGS)
+
+
 def model_choice(model):
     return list(CONFIGS)[int(np.argmax(model.bias))]
 

@@ -23,8 +23,8 @@ def test_zip_layout(submission_zip):
     assert "model.py" in names
     assert {"autodl_meta/learner.py", "pretrained/MANIFEST", "pretrained/efficientnet-lite0.pth",
             "efficientnet_lite_pytorch/model.py", "efficientnet_lite_pytorch/LICENSE"} <= names
-    # Exactly the weights of the fingerprint network and of the backbones metadata/ names (its
-    # configs and the zero-shot portfolio); a backbone named by none stays out (see below).
+    # Exactly the weights of the fingerprint network and of the backbones a run can train (the
+    # configs of metadata/ and the portfolio configs a zero-shot model picks; see below).
     assert {n for n in names if n.startswith("pretrained/") and n.endswith(".pth")} == {
         f"pretrained/{name}" for name in shipped_weight_files(METADATA_DIR)}
     assert not any("__pycache__" in n for n in names)
@@ -60,6 +60,19 @@ def test_the_zip_carries_the_weights_its_configs_name(tmp_path):
     (tmp_path / CONFIGS_FILE).write_text(json.dumps(meta.to_json()))
     assert shipped_weight_files(tmp_path) == {"efficientnet-lite2.pth", "efficientnet-lite0.pth"}
     assert shipped_weight_files(tmp_path / "missing") == {"efficientnet-lite0.pth"}
+
+
+def test_the_zip_leaves_out_the_weights_of_portfolio_configs_no_model_picks(tmp_path):
+    from dataclasses import replace
+
+    from autodl_meta.config import GENERALIST
+    from autodl_meta.zeroshot import ZEROSHOT_FILE, ZeroShotSelector
+    from offline.zeroshot import fixed_model
+
+    configs = {"default": GENERALIST,
+               "lite2": replace(GENERALIST, backbone="efficientnet-lite2")}
+    ZeroShotSelector(configs, [fixed_model(list(configs), 60.0)]).save(tmp_path / ZEROSHOT_FILE)
+    assert shipped_weight_files(tmp_path) == {"efficientnet-lite0.pth"}
 
 
 RUN_AND_LIST_MODULES = """
