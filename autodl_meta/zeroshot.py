@@ -12,6 +12,10 @@ best score runs. Most predict a config's ALC relative to the mean ALC of all con
 run). The kinds:
 
 - `linear`: ridge regression per config on the standardised meta-features;
+- `ranking`: linear scores per config trained, as in zero-shot AutoML with pretrained models
+  (Öztürk et al., 2022), with a pairwise logistic ranking loss: on every training task, of every
+  two configs the one with the higher ALC should score higher (only the order counts, not by
+  how much);
 - `nearest`: the mean relative ALC of the `k` training tasks nearest in standardised
   meta-features;
 - `tree`: a shallow decision tree on the standardised meta-features that predicts which config
@@ -41,7 +45,7 @@ from autodl_meta.config import ConfigError, TrainConfig
 
 FORMAT_VERSION = 1
 ZEROSHOT_FILE = "zeroshot.json"
-KINDS = ("linear", "nearest", "tree", "single", "fixed")
+KINDS = ("linear", "ranking", "nearest", "tree", "single", "fixed")
 FEATURES = ("log_classes", "log_train_examples", "log_examples_per_class", "log_side",
             "channels", "log_frames")
 # Variable-size images and clips declare -1: these stand in for a side or a length not given
@@ -78,10 +82,12 @@ class BudgetModel:
     kind: str
     mean: np.ndarray           # features: the training tasks' mean and std
     scale: np.ndarray
-    weights: np.ndarray        # linear: configs x features; nearest: training tasks x features;
+    weights: np.ndarray        # linear, ranking: configs x features; nearest: training tasks x
+                               # features;
                                # tree: nodes x TREE_NODE_FIELDS; single, fixed: none
                                # (0 x features)
-    bias: np.ndarray           # linear, single: configs (relative ALC); fixed: configs (one-hot);
+    bias: np.ndarray           # linear, single: configs (relative ALC); ranking: configs (a
+                               # score); fixed: configs (one-hot);
                                # nearest: training tasks x configs (relative ALC); tree: nodes x
                                # configs (each config's share of the node's weight)
     neighbours: int = 0        # nearest: k
@@ -91,11 +97,12 @@ class BudgetModel:
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """Each config's score on a dataset with these meta-features, the highest the best: its
-        predicted relative ALC (linear, nearest, single) or its share of the leaf (tree)."""
+        predicted relative ALC (linear, nearest, single), its rank score (ranking) or its share
+        of the leaf (tree)."""
         if self.kind in ("single", "fixed"):
             return self.bias
         x = self.standardise(features)
-        if self.kind == "linear":
+        if self.kind in ("linear", "ranking"):
             return self.weights @ x + self.bias
         if self.kind == "tree":
             node = 0
@@ -109,8 +116,8 @@ class BudgetModel:
 
     def selectable(self) -> set[int]:
         """Indices of the configs this model picks for some dataset: the one it always picks
-        (single, fixed), those that win a leaf (tree), or every config (linear, nearest, whose
-        scores move with the features)."""
+        (single, fixed), those that win a leaf (tree), or every config (linear, ranking,
+        nearest, whose scores move with the features)."""
         if self.kind in ("single", "fixed"):
             return {int(np.argmax(self.bias))}
         if self.kind == "tree":
@@ -227,13 +234,13 @@ def _load_model(path: Path, where: str, values: Any, config_count: int) -> Budge
     if arrays["scale"].shape != (width,) or (arrays["scale"] <= 0).any():
         raise fail("scale", f"must hold {width} positive numbers")
     weights, bias = arrays["weights"], arrays["bias"]
-    if kind == "linear" and weights.shape != (config_count, width):
+    if kind in ("linear", "ranking") and weights.shape != (config_count, width):
         raise fail("weights", f"must be {config_count} x {width} (configs x features)")
     if kind in ("single", "fixed"):
         if weights.size:
             raise fail("weights", f"must be empty (the {kind} kind reads no feature)")
         weights = weights.reshape(0, width)
-    if kind in ("linear", "single", "fixed") and bias.shape != (config_count,):
+    if kind in ("linear", "ranking", "single", "fixed") and bias.shape != (config_count,):
         raise fail("bias", f"must hold {config_count} numbers (one per config)")
     if kind == "fixed" and sorted(bias.tolist()) != [0.0] * (config_count - 1) + [1.0]:
         raise fail("bias", "must be 1 for the fixed config and 0 for the others")

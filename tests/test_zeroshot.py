@@ -67,7 +67,7 @@ def features_of(sides):
     return np.array([meta_features(FakeMetadata(side=(s, s))) for s in sides])
 
 
-@pytest.mark.parametrize("kind", ["linear", "nearest", "tree"])
+@pytest.mark.parametrize("kind", ["linear", "ranking", "nearest", "tree"])
 def test_a_selector_learns_which_config_wins_where(kind):
     sides = [16, 24, 28, 32, 96, 128, 160, 224]
     model = zeroshot.fit(kind, features_of(sides), matrix_where_resolution_decides(sides), 60.0,
@@ -75,6 +75,36 @@ def test_a_selector_learns_which_config_wins_where(kind):
     names = list(CONFIGS)
     assert names[int(np.argmax(model.scores(features_of([20])[0])))] == "small"
     assert names[int(np.argmax(model.scores(features_of([200])[0])))] == "large"
+
+
+def test_the_ranking_kind_learns_the_order_not_the_size_of_the_gaps():
+    # On small images `small` wins by a hair; on large ones `large` wins by a mile. A regression
+    # on ALC sees mostly the large gaps; the ranking loss weighs both orders alike.
+    sides = [16, 20, 24, 28, 32, 96, 128, 160, 192, 224]
+    alc = np.array([[0.70, 0.701, 0.40] if side < 64 else [0.70, 0.40, 0.90] for side in sides])
+    model = zeroshot.fit("ranking", features_of(sides), alc, 60.0, 0.001)
+    names = list(CONFIGS)
+    assert names[int(np.argmax(model.scores(features_of([22])[0])))] == "small"
+    assert names[int(np.argmax(model.scores(features_of([180])[0])))] == "large"
+    assert model.weights.shape == (3, len(FEATURES)) and model.bias.shape == (3,)
+    # every config tied everywhere: nothing to learn, every score is 0
+    tied = zeroshot.fit("ranking", features_of(sides), np.full((len(sides), 3), 0.5), 60.0, 0.1)
+    assert not tied.weights.any() and not tied.bias.any()
+
+
+def test_a_ranking_model_round_trips(tmp_path):
+    sides = [16, 24, 28, 32, 96, 128, 160, 224]
+    model = zeroshot.fit("ranking", features_of(sides), matrix_where_resolution_decides(sides),
+                         60.0, 0.01)
+    ZeroShotSelector(CONFIGS, [model]).save(tmp_path / ZEROSHOT_FILE)
+    loaded = ZeroShotSelector.load(tmp_path / ZEROSHOT_FILE)
+    assert loaded.models[0].kind == "ranking" and loaded.models[0].selectable() == {0, 1, 2}
+    assert loaded.select(features_of([200])[0], 60)[0] == "large"
+    values = json.loads((tmp_path / ZEROSHOT_FILE).read_text())
+    values["models"][0]["weights"] = [[0.0] * len(FEATURES)]
+    (tmp_path / ZEROSHOT_FILE).write_text(json.dumps(values))
+    with pytest.raises(ZeroShotError, match=r"field 'models\[0\].weights' must be 3 x 6"):
+        ZeroShotSelector.load(tmp_path / ZEROSHOT_FILE)
 
 
 def test_the_single_kind_is_the_best_mean_config_whatever_the_features():
