@@ -46,6 +46,8 @@ from autodl_meta.config import ConfigError, TrainConfig
 FORMAT_VERSION = 1
 ZEROSHOT_FILE = "zeroshot.json"
 KINDS = ("linear", "ranking", "nearest", "tree", "single", "fixed")
+# Kinds whose model is a linear score per config, `weights @ x + bias`.
+LINEAR_KINDS = ("linear", "ranking")
 FEATURES = ("log_classes", "log_train_examples", "log_examples_per_class", "log_side",
             "channels", "log_frames")
 # Variable-size images and clips declare -1: these stand in for a side or a length not given
@@ -82,10 +84,9 @@ class BudgetModel:
     kind: str
     mean: np.ndarray           # features: the training tasks' mean and std
     scale: np.ndarray
-    weights: np.ndarray        # linear, ranking: configs x features; nearest: training tasks x
-                               # features;
-                               # tree: nodes x TREE_NODE_FIELDS; single, fixed: none
-                               # (0 x features)
+    weights: np.ndarray        # linear, ranking: configs x features; nearest: training
+                               # tasks x features; tree: nodes x TREE_NODE_FIELDS; single,
+                               # fixed: none (0 x features)
     bias: np.ndarray           # linear, single: configs (relative ALC); ranking: configs (a
                                # score); fixed: configs (one-hot);
                                # nearest: training tasks x configs (relative ALC); tree: nodes x
@@ -102,7 +103,7 @@ class BudgetModel:
         if self.kind in ("single", "fixed"):
             return self.bias
         x = self.standardise(features)
-        if self.kind in ("linear", "ranking"):
+        if self.kind in LINEAR_KINDS:
             return self.weights @ x + self.bias
         if self.kind == "tree":
             node = 0
@@ -234,13 +235,13 @@ def _load_model(path: Path, where: str, values: Any, config_count: int) -> Budge
     if arrays["scale"].shape != (width,) or (arrays["scale"] <= 0).any():
         raise fail("scale", f"must hold {width} positive numbers")
     weights, bias = arrays["weights"], arrays["bias"]
-    if kind in ("linear", "ranking") and weights.shape != (config_count, width):
+    if kind in LINEAR_KINDS and weights.shape != (config_count, width):
         raise fail("weights", f"must be {config_count} x {width} (configs x features)")
     if kind in ("single", "fixed"):
         if weights.size:
             raise fail("weights", f"must be empty (the {kind} kind reads no feature)")
         weights = weights.reshape(0, width)
-    if kind in ("linear", "ranking", "single", "fixed") and bias.shape != (config_count,):
+    if kind in (*LINEAR_KINDS, "single", "fixed") and bias.shape != (config_count,):
         raise fail("bias", f"must hold {config_count} numbers (one per config)")
     if kind == "fixed" and sorted(bias.tolist()) != [0.0] * (config_count - 1) + [1.0]:
         raise fail("bias", "must be 1 for the fixed config and 0 for the others")
