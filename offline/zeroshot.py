@@ -60,9 +60,12 @@ DEFAULT_CONFIG = "default"
 GRIDS = {"linear": (100.0, 30.0, 10.0, 3.0, 1.0), "ranking": (0.3, 0.1, 0.03, 0.01, 0.003, 0.001),
          "nearest": (12, 8, 5, 3, 1), "tree": (1, 2, 3), "single": (0,)}
 AUTO = "auto"  # --export-kind: at each budget, the kind with the best held-out mean ALC
-# ... where it beats the default config held out by this much (relative): a smaller margin is
-# within the noise of one seed per run.
-MIN_GAIN = 0.01
+# ... where it beats the default config held out by this much (relative), and still beats it
+# with any one source's tasks left out of the mean. The seed of a run moves the held-out mean
+# of (config - default) over 26 tasks by 0.15 % (180 s) to 0.36 % (30 s), one standard deviation
+# measured on 4 tasks with 2 seeds (README): 0.5 % is above that noise, the leave-a-source-out
+# check keeps one source from carrying the gain alone.
+MIN_GAIN = 0.005
 FIXED = "fixed"  # the default config, learned from nothing: no held-out judging needed
 LEARNED_KINDS = tuple(kind for kind in KINDS if kind != FIXED)
 
@@ -236,11 +239,24 @@ def leave_one_source_out(kind: str, tasks: Sequence[str], configs: Sequence[str]
         "single_best_config": configs[single_best],
         "single_best": float(alc[:, single_best].mean()),
     }
+    if default is not None:
+        summary["over_default_a_source_left_out"] = over_default_a_source_left_out(
+            alc[rows, selected], alc[:, default], sources)
     summary["selected_over_generalist"] = summary["selected"] / summary["generalist"]
     summary["oracle_over_generalist"] = summary["oracle"] / summary["generalist"]
     summary["selected_over_single_best"] = summary["selected"] / summary["single_best"]
     summary["oracle_over_single_best"] = summary["oracle"] / summary["single_best"]
     return {**summary, "per_task": per_task}
+
+
+def over_default_a_source_left_out(selected: np.ndarray, default: np.ndarray,
+                                   sources: Sequence[str]) -> dict[str, float]:
+    """The lowest and highest held-out mean ALC of the selected configs over the default
+    config's, recomputed with each source's tasks left out of both means in turn."""
+    sources = np.asarray(sources)
+    ratios = [selected[sources != source].mean() / default[sources != source].mean()
+              for source in np.unique(sources)]
+    return {"min": float(min(ratios)), "max": float(max(ratios))}
 
 
 def complete_matrix(store: ResultStore, configs: dict[str, TrainConfig], tasks: Sequence[str],
@@ -285,6 +301,7 @@ def markdown_report(report: dict[str, Any]) -> str:
     rows = []
     for budget, kinds in report["budgets"].items():
         for kind, result in kinds.items():
+            left_out = result.get("over_default_a_source_left_out")
             rows.append([budget, kind, result["tasks"], result["sources"], result["configs"],
                          f"{result['selected']:.4f}", f"{result['generalist']:.4f}",
                          f"{result['oracle']:.4f}",
@@ -292,11 +309,14 @@ def markdown_report(report: dict[str, Any]) -> str:
                          f"{result['single_best']:.4f} ({result['single_best_config']})",
                          f"{result['selected_over_generalist']:.3f}",
                          f"{result['oracle_over_generalist']:.3f}",
-                         f"{result['selected_over_single_best']:.3f}"])
+                         f"{result['selected_over_single_best']:.3f}",
+                         "-" if left_out is None else
+                         f"{left_out['min']:.3f}-{left_out['max']:.3f}"])
     summary = markdown_table(["budget (s)", "selector", "tasks", "sources", "configs",
                               "selected", "generalist", "oracle", "default",
                               "single best in hindsight", "selected / generalist",
-                              "oracle / generalist", "selected / single best"], rows)
+                              "oracle / generalist", "selected / single best",
+                              "selected / default, a source left out"], rows)
     return "\n\n".join([summary, *(matrix_table(report["configs"], budget, matrix)
                                     for budget, matrix in report["matrix"].items())])
 
@@ -317,9 +337,9 @@ def export_kinds(report: dict[str, Any], budgets: Sequence[float], kind: str,
                  min_gain: float = MIN_GAIN) -> dict[float, str]:
     """The kind to ship at each budget: `kind`, or with AUTO the kind whose leave-one-source-out
     mean ALC in `report` is the best (`single`, which reads no feature, on a tie) where it beats
-    the default config's mean ALC on the same tasks by `min_gain` (relative), else `fixed`: a
-    selector that does not clearly beat the default config held out is not shipped, nor one the
-    report could not judge."""
+    the default config's mean ALC on the same tasks by `min_gain` (relative) and still beats it
+    with any one source left out, else `fixed`: a selector that does not clearly beat the
+    default config held out is not shipped, nor one the report could not judge."""
     if kind != AUTO:
         return {budget: kind for budget in budgets}
     chosen = {}
@@ -329,8 +349,11 @@ def export_kinds(report: dict[str, Any], budgets: Sequence[float], kind: str,
             chosen[budget] = FIXED
             continue
         best = max(judged, key=lambda k: (judged[k]["selected"], k == "single"))
-        default = judged[best]["default"]
-        beaten = default is not None and judged[best]["selected"] < default * (1 + min_gain)
+        result = judged[best]
+        default = result["default"]
+        beaten = default is not None and (
+            result["selected"] < default * (1 + min_gain)
+            or result["over_default_a_source_left_out"]["min"] <= 1.0)
         chosen[budget] = FIXED if beaten else best
     return chosen
 
@@ -394,11 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "folder (metadata/ to ship it)")
     parser.add_argument("--export-kind", choices=(AUTO, *KINDS), default=AUTO,
                         help="the kind --export trains; auto: at each budget, the kind judged "
-                             "best leave-one-source-out, or fixed where none beat the default "
-                             "config by --min-gain")
+                             "best leave-one-source-out, or fixed where it does not beat the "
+                             "default config by --min-gain, or not with a source left out")
     parser.add_argument("--min-gain", type=float, default=MIN_GAIN,
                         help="auto ships a learned kind where its held-out mean ALC is at least "
-                             "(1 + this) x the default config's (default: %(default)s)")
+                             "(1 + this) x the default config's, and above it with any one "
+                             "source left out (default: %(default)s)")
     return parser
 
 

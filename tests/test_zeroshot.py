@@ -120,8 +120,11 @@ def test_the_single_kind_is_the_best_mean_config_whatever_the_features():
     assert result["selected"] == pytest.approx(result["generalist"])
 
 
-def judged(selected, default):
-    return {"selected": selected, "default": default}
+def judged(selected, default, worst_source_left_out=None):
+    """A report entry; with no source left out worse than the whole mean unless told."""
+    worst = selected / default if worst_source_left_out is None else worst_source_left_out
+    return {"selected": selected, "default": default,
+            "over_default_a_source_left_out": {"min": worst, "max": selected / default}}
 
 
 def test_auto_export_ships_the_kind_judged_best_held_out_and_single_on_ties():
@@ -136,12 +139,26 @@ def test_auto_export_ships_the_kind_judged_best_held_out_and_single_on_ties():
 def test_auto_export_ships_the_fixed_default_where_no_kind_clearly_beat_it_held_out():
     report = {"budgets": {"60": {"linear": judged(0.80, 0.82), "single": judged(0.81, 0.82)},
                           "180": {"nearest": judged(0.85, 0.85), "single": judged(0.84, 0.85)},
-                          "300": {"nearest": judged(0.855, 0.85)}}}
-    # 300 s: 0.6 % better, within the noise; 600 s: not judged (too few sources)
-    assert zeroshot.export_kinds(report, [60.0, 180.0, 300.0, 600.0], zeroshot.AUTO) == {
-        60.0: "fixed", 180.0: "fixed", 300.0: "fixed", 600.0: "fixed"}
-    assert zeroshot.export_kinds(report, [300.0], zeroshot.AUTO, min_gain=0.005) == {
+                          "300": {"nearest": judged(0.853, 0.85)},
+                          "400": {"ranking": judged(0.86, 0.85, worst_source_left_out=0.998)},
+                          "500": {"ranking": judged(0.86, 0.85, worst_source_left_out=1.002)}}}
+    # 300 s: 0.35 % better, within the noise; 400 s: 1.2 % better, but not with one source left
+    # out; 600 s: not judged (too few sources)
+    assert zeroshot.export_kinds(report, [60.0, 180.0, 300.0, 400.0, 500.0, 600.0],
+                                 zeroshot.AUTO) == {
+        60.0: "fixed", 180.0: "fixed", 300.0: "fixed", 400.0: "fixed", 500.0: "ranking",
+        600.0: "fixed"}
+    assert zeroshot.export_kinds(report, [300.0], zeroshot.AUTO, min_gain=0.002) == {
         300.0: "nearest"}
+
+
+def test_the_gain_over_the_default_is_recomputed_with_each_source_left_out():
+    selected = np.array([0.9, 0.9, 0.5, 0.7])
+    default = np.array([0.7, 0.7, 0.6, 0.7])
+    # source a carries the gain: without it the selected configs lose to the default
+    ratios = zeroshot.over_default_a_source_left_out(selected, default, ["a", "a", "b", "c"])
+    assert ratios["min"] == pytest.approx(1.2 / 1.3)
+    assert ratios["max"] == pytest.approx(2.5 / 2.1)
 
 
 def test_the_fixed_kind_runs_the_default_config_whatever_the_features(tmp_path):
