@@ -13,13 +13,15 @@ leave-one-source-out inside the training sources) and picks a config for each he
 Beside it, on the same held-out tasks: the generalist (the single config with the best mean
 ALC over the training tasks), the oracle (each task's best config), the default config, and the
 single best config in hindsight (the best mean over every task, held-out ones included: the
-strictest one-config reference, which no selector could know).
+strictest one-config reference, which no selector could know). Each kind is then judged again
+with each source removed from the meta-dataset in turn: a gain one source fewer undoes shows.
 
 Writes reports/lodo.json and reports/lodo.md; with `--export`, trains the `--export-kind`
 selector on every task, for every budget, and writes `zeroshot.json` into that folder. The
-default kind, `auto`, ships at each budget the kind judged best held out there (`single`, the
-single best config, where no kind that reads the features beat it), or the `fixed` default
-config where no learned kind beat the default config on the same tasks.
+default kind, `auto`, ships at each budget the kind judged best held out there among those that
+clear the default config by `--min-gain`, both on every task and on average with a source
+removed (`single`, the single best config, where no kind that reads the features beat it), or
+the `fixed` default config where none clears it.
 """
 from __future__ import annotations
 
